@@ -1,0 +1,126 @@
+"""Holdout hygiene for sealed splits: a per-predictor submission ledger, a limit, and coarse release of scores.
+
+Every scoring against a sealed split (``evals.scoring.score``, the inspect task, the gate) appends one line to
+``<data_dir>/holdout/submissions.jsonl``: suite, sealed commitment, predictor, run id, time, how it was scored. A
+predictor's count is the number of lines for the suite's *current* commitment (a rebuilt suite with new truth is a
+new holdout). The gate refuses a predictor whose count has reached the configured ``max_submissions``. The ledger is
+append-only and locked with ``fcntl`` while written, so concurrent scorings on one machine are all counted.
+
+Released numbers follow the Ladder of Blum & Hardt ("The Ladder: A Reliable Leaderboard for Machine Learning
+Competitions", ICML 2015): a new sealed score (lower is better) is released only when it beats the best released so far
+by more than the step ``eta``, and then rounded to the ``eta`` grid; otherwise the previous release is repeated. So each
+submission reveals at most "improved by more than eta, and roughly by how much", not the low digits an adaptive analyst
+would need to fit the sealed truth. Confidence bounds are released rounded outward to the grid (never tighter).
+
+Left out: protection across machines (the ledger is a local file) and against renaming a predictor; the ledger
+records, it does not authenticate.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tasks.paths import data_dir
+
+DEFAULT_STEP = {"kl_nats": 0.05, "kl_bits": 0.05, "reverse_kl_nats": 0.05, "ce_realized_nats": 0.05,
+                "js_bits": 0.01, "tv": 0.01, "brier": 0.01, "top1": 0.01, "top10_overlap": 0.01}
+
+
+class HoldoutError(RuntimeError):
+    """A predictor has used up its sealed submissions for a suite."""
+
+
+def ledger_path() -> Path:
+    return data_dir() / "holdout" / "submissions.jsonl"
+
+
+def _suite_key(suite: Any) -> tuple[str, str]:
+    return suite.name, suite.commitment or ""
+
+
+def record(suite: Any, predictor: str, *, run_id: str | None = None, via: str = "score") -> int:
+    """Append one sealed submission of ``predictor`` on ``suite``; return its count including this one."""
+    path = ledger_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    name, commitment = _suite_key(suite)
+    line = {"time": datetime.now(UTC).isoformat(), "suite": name, "commitment": commitment, "predictor": predictor,
+            "run_id": run_id, "via": via}
+    with open(path, "a+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # count and append as one step
+        f.seek(0)
+        n = sum(1 for row in _rows(f) if (row["suite"], row["commitment"], row["predictor"]) ==
+                (name, commitment, predictor))
+        f.write(json.dumps(line) + "\n")
+        f.flush()
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return n + 1
+
+
+def count(suite: Any, predictor: str) -> int:
+    """Sealed submissions recorded so far for ``predictor`` on the suite's current commitment."""
+    path = ledger_path()
+    if not path.is_file():
+        return 0
+    name, commitment = _suite_key(suite)
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for row in _rows(f) if (row["suite"], row["commitment"], row["predictor"]) ==
+                   (name, commitment, predictor))
+
+
+def check(suite: Any, predictor: str, limit: int | None) -> int:
+    """Raise ``HoldoutError`` if ``predictor`` has reached ``limit`` sealed submissions; return the count so far."""
+    n = count(suite, predictor)
+    if limit is not None and n >= limit:
+        raise HoldoutError(
+            f"predictor {predictor!r} has been scored {n} time(s) on the sealed split of suite {suite.name!r} "
+            f"(limit {limit}): further sealed scores would leak the holdout. Work on the practice split, or build a "
+            f"fresh suite (new seed) for a new holdout; the ledger is {ledger_path()}"
+        )
+    return n
+
+
+def _rows(lines: Iterable[str]) -> Iterable[dict[str, Any]]:
+    for line in lines:
+        if line.strip():
+            yield json.loads(line)
+
+
+# --- coarse release ---------------------------------------------------------------------------------------------------
+def coarse(x: float, step: float, direction: str = "nearest") -> float:
+    """``x`` on the grid of multiples of ``step``: nearest, or rounded ``up``/``down`` (for conservative bounds)."""
+    if step <= 0:
+        raise ValueError(f"release step must be > 0, got {step}")
+    if not math.isfinite(x):
+        return x
+    fn = {"nearest": round, "up": math.ceil, "down": math.floor}[direction]
+    # the 1e-9 guards against 0.15 / 0.05 = 2.9999999999999996 flooring a value already on the grid
+    nudge = {"nearest": 0.0, "up": -1e-9, "down": 1e-9}[direction]
+    return round(fn(x / step + nudge) * step, 10)
+
+
+def ladder(values: Iterable[float], step: float) -> list[float]:
+    """Blum & Hardt's Ladder over a sequence of scores (lower is better): what is released after each submission."""
+    released: list[float] = []
+    best = math.inf
+    for v in values:
+        if v < best - step:
+            best = coarse(v, step)
+        released.append(best)
+    return released
+
+
+def release_interval(estimate: float, low: float, high: float, step: float) -> tuple[float, float, float]:
+    """(estimate, low, high) on the grid: estimate to the nearest step, the bounds rounded outward."""
+    return coarse(estimate, step), coarse(low, step, "down"), coarse(high, step, "up")
+
+
+def step_for(metric: str, steps: dict[str, float] | None = None) -> float:
+    """The release step of a metric: configured, else the default (0.05 nats for KL-like metrics, 0.01 for rates)."""
+    table = {**DEFAULT_STEP, **(steps or {})}
+    return table.get(metric, 0.01)

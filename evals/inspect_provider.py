@@ -1,0 +1,160 @@
+"""inspect-ai model API provider ``predictor/NAME``: every registered logitpred predictor, usable from ``inspect eval``.
+
+Registered through the ``inspect_ai`` entry point in ``pyproject.toml``, so ``--model predictor/unigram`` resolves from
+the ``inspect`` CLI as well as from Python. ``-M suite=NAME`` names the suite (default: the one the task's system
+message names); every other ``-M key=value`` is passed to the predictor's factory as an option.
+
+What travels: ``generate()`` receives only chat messages. The task (``evals/predictability.py``) sends a system message
+``logitpred suite=NAME`` and the prompt text as the user message, nothing else. The provider loads what a predictor may
+see for that suite (``PredictorContext.from_suite``: vocabulary, train-part background, tokenizer, practice truth;
+never sealed truth), rebuilds the ``PromptView`` from the text (id and token ids of the suite prompt with exactly that
+text, else the text re-encoded), and calls the predictor.
+
+What comes back, and what the log keeps: the completion is the most probable candidate's text and
+``metadata["logitpred"]`` holds a handle plus the top 10 candidates. The full prediction (often a 49,152-entry vector)
+stays in this process until the scorer takes it with ``take_prediction(handle)``: written into the log three times per
+sample it would make logs hundreds of KB per prompt. Left out: re-scoring an old log with ``inspect score`` (the full
+predictions are not in it; rerun the eval instead).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from inspect_ai.model import (
+    ChatMessage,
+    ChatMessageSystem,
+    ChatMessageUser,
+    GenerateConfig,
+    ModelAPI,
+    ModelOutput,
+    modelapi,
+)
+from inspect_ai.tool import ToolChoice, ToolInfo
+
+from predictors.base import PredictorContext, PromptView, create, view
+from predictors.format import Prediction
+
+SYSTEM_PREFIX = "logitpred suite="
+SUMMARY_TOP = 10
+_PREDICTIONS: dict[str, Prediction] = {}  # handle -> full prediction, taken once by the scorer
+
+
+def pin_dirs() -> None:
+    """Pin logitpred's cwd-relative defaults (``./.logitpred``, ``./results``) before inspect changes directory.
+
+    inspect runs a task with its file's folder (``evals/``) as the working directory. Unless ``LOGITPRED_HOME`` is
+    set, use the ``.logitpred`` of the launch folder (``$PWD``), else of the nearest folder above the current one.
+    """
+    if os.environ.get("LOGITPRED_HOME"):
+        return
+    here = Path.cwd()
+    for folder in [Path(os.environ.get("PWD", here)), here, *here.parents]:
+        if (folder / ".logitpred").is_dir():
+            os.environ["LOGITPRED_HOME"] = str(folder / ".logitpred")
+            os.environ.setdefault("LOGITPRED_RESULTS", str(folder / "results"))
+            return
+
+
+pin_dirs()
+
+
+def system_message(suite: str) -> str:
+    """The system message by which a task tells the provider which suite its prompts come from."""
+    return f"{SYSTEM_PREFIX}{suite}"
+
+
+def take_prediction(handle: str) -> Prediction | None:
+    """The full prediction behind a handle (removed from memory: each is scored once), or None if unknown."""
+    return _PREDICTIONS.pop(handle, None)
+
+
+def summarize(pred: Prediction, vocab: Any, k: int = SUMMARY_TOP) -> list[list[Any]]:
+    """The ``k`` most probable named candidates as ``[token text, p]`` pairs (for people reading the log)."""
+    if pred.probs is not None:
+        q = np.asarray(pred.probs, dtype=np.float64)
+        top = np.argsort(-q, kind="stable")[:k]
+        return [[vocab.text[int(t)], round(float(q[t]), 6)] for t in top]
+    pairs = list(pred.top.items()) if isinstance(pred.top, dict) else list(pred.top)
+    pairs.sort(key=lambda cp: -float(cp[1]))
+    return [[vocab.text[c] if isinstance(c, int) else c, round(float(p), 6)] for c, p in pairs[:k]]
+
+
+class _SuiteView:
+    """One suite as the provider sees it: the predictor built on its allowed context, and prompt views by text."""
+
+    def __init__(self, suite_name: str, predictor: str, options: dict[str, Any]) -> None:
+        from tasks import SPLITS, load_suite
+
+        suite = load_suite(suite_name)
+        self.ctx = PredictorContext.from_suite(suite)
+        self.predictor = create(predictor, self.ctx, **options)
+        # Harness-side lookup: the view carries id and token ids only, never the realized next token.
+        self.views: dict[str, PromptView] = {p.text: view(p) for s in SPLITS for p in suite.prompts(s)}
+        self._tokenizer: Any = None
+
+    def prompt_view(self, text: str) -> PromptView:
+        if text in self.views:
+            return self.views[text]
+        if self._tokenizer is None:
+            self._tokenizer = self.ctx.tokenizer()
+        ids = tuple(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+        return PromptView("adhoc-" + uuid.uuid5(uuid.NAMESPACE_URL, text).hex[:12], text, ids)
+
+
+class PredictorAPI(ModelAPI):
+    """A logitpred predictor behind inspect's model interface (no API key, no network)."""
+
+    def __init__(self, model_name: str, base_url: str | None = None, api_key: str | None = None,
+                 config: GenerateConfig = GenerateConfig(), **model_args: Any) -> None:
+        super().__init__(model_name, base_url, api_key, api_key_vars=[], config=config)
+        self.suite_override: str | None = model_args.pop("suite", None)
+        self.options = model_args
+        self._suites: dict[str, _SuiteView] = {}
+
+    def _suite(self, messages: list[ChatMessage]) -> str:
+        if self.suite_override:
+            return str(self.suite_override)
+        for m in messages:
+            if isinstance(m, ChatMessageSystem) and m.text.startswith(SYSTEM_PREFIX):
+                return m.text[len(SYSTEM_PREFIX):].strip()
+        raise ValueError("predictor/ models need the suite: run a logitpred task (evals/predictability.py) or pass "
+                         "-M suite=NAME")
+
+    async def generate(self, input: list[ChatMessage], tools: list[ToolInfo], tool_choice: ToolChoice,
+                       config: GenerateConfig) -> ModelOutput:
+        users = [m for m in input if isinstance(m, ChatMessageUser)]
+        if len(users) != 1:
+            raise ValueError(f"predictor/{self.model_name} expects exactly one user message (the prompt text), "
+                             f"got {len(users)}")
+        name = self._suite(input)
+        if name not in self._suites:
+            self._suites[name] = _SuiteView(name, self.model_name, self.options)
+        sv = self._suites[name]
+        pv = sv.prompt_view(users[0].text)
+        preds = sv.predictor.predict([pv])
+        if len(preds) != 1:
+            raise ValueError(f"predictor {self.model_name!r} returned {len(preds)} predictions for one prompt")
+        handle = uuid.uuid4().hex
+        _PREDICTIONS[handle] = preds[0]
+        top = summarize(preds[0], sv.ctx.vocabulary)
+        meta = {"handle": handle, "prompt_id": pv.id, "top": top,
+                "rest": None if preds[0].probs is not None else preds[0].rest}
+        output = ModelOutput.from_content(model=f"predictor/{self.model_name}", content=top[0][0] if top else "")
+        output.metadata = {"logitpred": meta}
+        return output
+
+
+@modelapi(name="predictor")
+def predictor_api() -> type[ModelAPI]:
+    return PredictorAPI
+
+
+def model_label(model: str) -> str:
+    """``predictor/ngram`` -> ``ngram``: the predictor's name as run records and the holdout ledger know it."""
+    return re.sub(r"^predictor/", "", model)

@@ -1,0 +1,130 @@
+"""Every suite split as an inspect-ai Task: ``inspect eval evals/predictability.py -T suite=wiki -T split=sealed
+--model predictor/unigram``.
+
+One sample per prompt: a system message naming the suite (``logitpred suite=wiki``) and the prompt text as the user
+message; the sample's ``target`` is empty. The truth is read only here, by the scorer, on the harness side: it never
+enters a sample, a message or anything the model (a predictor behind ``evals.inspect_provider``) receives.
+
+The scorer computes the foundation metrics (``evals.metrics.per_prompt_metrics``, the same code as ``logitpred score``)
+for each sample and returns them as a dict value; inspect aggregates every key with ``mean`` and ``stderr``, and
+``ci95`` adds the percentile bootstrap interval of ``evals.stats``. Per-sample logs keep these per-prompt
+scalars and the top-10 candidates of the prediction, never a distribution of the target or its realized token.
+Sealed splits: the commitment is verified when the task is built, and the first sample records one submission per
+model in the holdout ledger (``evals.holdout``); ``-T max_submissions=N`` refuses a model past N.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from inspect_ai import Task, task
+from inspect_ai.dataset import MemoryDataset, Sample
+from inspect_ai.model import ChatMessageSystem, ChatMessageUser
+from inspect_ai.scorer import (
+    Metric,
+    SampleScore,
+    Score,
+    Scorer,
+    Target,
+    mean,
+    metric,
+    scorer,
+    stderr,
+)
+from inspect_ai.solver import Generate, Solver, TaskState, generate, solver
+
+from evals import holdout
+from evals.inspect_provider import model_label, system_message, take_prediction
+from evals.metrics import per_prompt_metrics
+from evals.stats import bootstrap_ci
+from predictors.format import PredictionError, densify
+from tasks import load_suite
+
+
+@metric
+def ci95() -> Metric:
+    """95% percentile bootstrap interval of the mean over samples (``evals.stats.bootstrap_ci``, seed 0)."""
+
+    def compute(scores: list[SampleScore]) -> dict[str, float]:
+        values = np.array([s.score.as_float() for s in scores], dtype=np.float64)
+        if values.size == 0:  # inspect probes every metric with an empty list
+            return {"low": float("nan"), "high": float("nan")}
+        _, low, high = bootstrap_ci(values)
+        return {"low": low, "high": high}
+
+    return compute
+
+
+@scorer(metrics={"*": [mean(), stderr(), ci95()]})
+def next_token_metrics(suite: str, split: str) -> Scorer:
+    """Per-prompt metrics of the prediction in the model output against the target's truth for the sample."""
+    s = load_suite(suite)
+    if split == "sealed":
+        s.verify_commitment()
+    ids, logp, nxt = s.truth_split(split)
+    row = {pid: i for i, pid in enumerate(ids)}
+    vocab, background = s.vocabulary, s.background
+
+    async def score(state: TaskState, target: Target) -> Score:
+        meta = (state.output.metadata or {}).get("logitpred") if state.output else None
+        if not meta:
+            return Score.unscored(explanation="the output carries no logitpred prediction: run with "
+                                              "--model predictor/NAME")
+        pred = take_prediction(meta["handle"])
+        if pred is None:
+            return Score.unscored(explanation="prediction not in this process (old log?): rerun the eval")
+        try:
+            q = densify(pred, vocab, background)
+        except PredictionError as e:
+            return Score.unscored(explanation=f"invalid prediction: {e}")
+        i = row[str(state.sample_id)]
+        m = per_prompt_metrics(logp[i : i + 1], q[None, :], nxt[i : i + 1])
+        value = {k: float(v[0]) for k, v in m.items()}
+        top = meta.get("top") or [[""]]
+        return Score(value=value, answer=str(top[0][0]))
+
+    return score
+
+
+@solver
+def holdout_guard(suite: str, split: str, max_submissions: int | None = None) -> Solver:
+    """On a sealed split, count one submission per model (on its first sample) and refuse past the limit."""
+    seen: dict[str, int] = {}
+
+    async def solve(state: TaskState, generate: Generate) -> TaskState:
+        if split != "sealed":
+            return state
+        label = model_label(str(state.model))
+        if label not in seen:  # no await before the assignment: one count per model even with concurrent samples
+            s = load_suite(suite)
+            holdout.check(s, label, max_submissions)
+            seen[label] = holdout.record(s, label, via="inspect")
+        return state
+
+    return solve
+
+
+def samples(suite: Any, split: str) -> list[Sample]:
+    """One sample per prompt: system message naming the suite, the prompt text as the user message, no target."""
+    return [
+        Sample(id=p.id, input=[ChatMessageSystem(content=system_message(suite.name)), ChatMessageUser(content=p.text)],
+               target="", metadata={"context_tokens": len(p.token_ids), "doc": p.doc})
+        for p in suite.prompts(split)
+    ]
+
+
+@task
+def predictability(suite: str = "wiki", split: str = "practice", max_submissions: int | None = None) -> Task:
+    """Predict the target's next-token distribution for every prompt of ``suite``/``split``."""
+    s = load_suite(suite)
+    if split == "sealed":
+        s.verify_commitment()  # before anything is generated or scored
+    return Task(
+        dataset=MemoryDataset(samples(s, split), name=f"{s.name}-{split}"),
+        solver=[holdout_guard(suite, split, max_submissions), generate()],
+        scorer=next_token_metrics(suite, split),
+        metadata={"suite": s.name, "suite_version": s.version, "split": split, "commitment": s.commitment,
+                  "target": s.target},
+        version=1,
+    )
