@@ -89,6 +89,10 @@ def score(suite: Suite, split: str, preds: ValidatedPredictions, *, predictor: d
         "metrics": summarize({c: per_prompt[c].to_numpy() for c in per_prompt.columns
                               if c not in ("prompt_id", "context_tokens")}, seed=seed),
     }
+    if split == "sealed":  # holdout hygiene: every sealed scoring is counted per predictor (evals/holdout.py)
+        from .holdout import record
+
+        summary["holdout"] = {"submission": record(suite, predictor.get("label") or name, run_id=summary["run_id"])}
     run_dir = records.write_run(summary, per_prompt, root=results_root) if write else None
     return Score(per_prompt, summary, preds.errors, run_dir)
 
