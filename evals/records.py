@@ -29,7 +29,24 @@ def environment() -> dict[str, str]:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             continue
+    out.update(source_revision())
     return out
+
+
+def source_revision() -> dict[str, str]:
+    """The harness's git commit and whether the checkout had uncommitted changes (empty outside a git checkout):
+    the package version alone does not say which code produced a number."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_commit": head, "git_dirty": "yes" if dirty else "no"}
 
 
 def new_run_id(suite: str, split: str, predictor: str) -> str:
