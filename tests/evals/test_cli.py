@@ -44,7 +44,8 @@ def test_end_to_end(tiny_suite, tmp_path):
     # uniform's KL is exactly log V minus the target's entropy, prompt by prompt
     run_dir = next((tiny_suite.path.parent.parent / "results").glob("*-tiny-sealed-uniform"))
     per_prompt = pd.read_csv(run_dir / "per_prompt.csv")
-    np.testing.assert_allclose(per_prompt["kl_nats"], np.log(49152) - per_prompt["target_entropy_nats"], atol=1e-4)
+    # (float32 truth sums to 1 within ~2e-5, times log V ~ 10.8: hence the 1e-3 tolerance)
+    np.testing.assert_allclose(per_prompt["kl_nats"], np.log(49152) - per_prompt["target_entropy_nats"], atol=1e-3)
     run = json.loads((run_dir / "summary.json").read_text())
     assert run["target"]["id"] == tiny_suite.target["id"] and run["suite"]["commitment"] == tiny_suite.commitment
     assert run["environment"]["numpy"] and run["predictions_file"]["sha256"]
