@@ -308,7 +308,7 @@ def predictors_list() -> None:
 
 
 # Each area of the harness adds its commands from its own module: ``register(app, suite_app, predictors_app)``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("evals.cli_human",)
 for _module in COMMAND_MODULES:
     __import__(_module, fromlist=["register"]).register(app, suite_app, predictors_app)
 

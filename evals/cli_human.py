@@ -1,0 +1,151 @@
+"""CLI of the human form: ``serve``, ``participants add/link/list/admin-link`` and ``export``.
+
+The database defaults to ``<data_dir>/human/<suite>.sqlite``; ``--db`` takes any SQLAlchemy URL (PostgreSQL included).
+Links printed here are one-time: ``participants link NAME`` replaces a lost or used one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from .cli import SuiteOpt, _load_suite, console, fail, out
+
+DbOpt = Annotated[str | None, typer.Option("--db", help="SQLAlchemy database URL (default: a SQLite file per suite).")]
+UrlOpt = Annotated[str, typer.Option("--url", help="Address participants open (where `logitpred serve` listens).")]
+participants_app = typer.Typer(help="Invite and list the participants of the human form.", no_args_is_help=True)
+
+
+def _db(suite: str, db: str | None) -> tuple[Any, Any]:
+    from .human.db import DbError, open_db
+
+    s = _load_suite(suite)
+    try:
+        return s, open_db(db, s)
+    except DbError as e:
+        fail(str(e))
+
+
+def serve(
+    suite: SuiteOpt = "wiki",
+    host: Annotated[str, typer.Option(help="Interface to listen on; loopback by default.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    db: DbOpt = None,
+    sealed_per_minute: Annotated[int, typer.Option(help="Sealed answers allowed per participant per minute.")] = 20,
+    max_body: Annotated[int, typer.Option(help="Largest request body accepted, in bytes.")] = 16384,
+    secure_cookies: Annotated[bool, typer.Option(help="Mark cookies Secure (when served behind HTTPS).")] = False,
+    url: Annotated[str | None, typer.Option(help="Public address for printed links (default http://HOST:PORT).")] = None,
+) -> None:
+    """Serve the human prediction form for a suite (practice with feedback, sealed without)."""
+    import uvicorn
+
+    from tasks import SuiteError
+
+    from .human.app import create_app
+    from .human.db import DbError
+
+    s = _load_suite(suite)
+    try:
+        app = create_app(s, db_url=db, sealed_per_minute=sealed_per_minute, max_body=max_body,
+                         secure_cookies=secure_cookies)
+    except (DbError, SuiteError) as e:
+        fail(str(e))
+    if host not in ("127.0.0.1", "localhost", "::1") and not secure_cookies:
+        console.print("[yellow]warning:[/] listening beyond loopback without --secure-cookies: put it behind HTTPS")
+    base = url or f"http://{host}:{port}"
+    out.print(f"human form for suite [bold]{s.name}[/] {s.version} at {base}  (database {app.state.db.url})")
+    out.print(f"organiser page (one-time link): {base}/join/{app.state.db.admin_link()}")
+    out.print(f"invite participants with: logitpred participants add NAME --suite {s.name} --url {base}", soft_wrap=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@participants_app.command("add")
+def participants_add(name: Annotated[str, typer.Argument(help="Participant name (letters, digits, _ . -).")],
+                     suite: SuiteOpt = "wiki", db: DbOpt = None, url: UrlOpt = "http://127.0.0.1:8000") -> None:
+    """Add a participant and print their one-time invitation link."""
+    from .human.db import DbError
+
+    _, d = _db(suite, db)
+    try:
+        token = d.add_participant(name)
+    except DbError as e:
+        fail(str(e))
+    out.print(f"{url.rstrip('/')}/join/{token}", soft_wrap=True)
+
+
+@participants_app.command("link")
+def participants_link(name: Annotated[str, typer.Argument(help="An existing participant.")], suite: SuiteOpt = "wiki",
+                      db: DbOpt = None, url: UrlOpt = "http://127.0.0.1:8000") -> None:
+    """Print a new one-time link for a participant (their unused older links stop working)."""
+    from .human.db import DbError
+
+    _, d = _db(suite, db)
+    try:
+        token = d.new_link(name)
+    except DbError as e:
+        fail(str(e))
+    out.print(f"{url.rstrip('/')}/join/{token}", soft_wrap=True)
+
+
+@participants_app.command("admin-link")
+def participants_admin_link(suite: SuiteOpt = "wiki", db: DbOpt = None,
+                            url: UrlOpt = "http://127.0.0.1:8000") -> None:
+    """Print a one-time link to the organiser page (progress of everyone, exports)."""
+    _, d = _db(suite, db)
+    out.print(f"{url.rstrip('/')}/join/{d.admin_link()}", soft_wrap=True)
+
+
+@participants_app.command("list")
+def participants_list(suite: SuiteOpt = "wiki", db: DbOpt = None) -> None:
+    """Participants with their progress and practice scores (sealed scores: `logitpred export --score`)."""
+    s, d = _db(suite, db)
+    table = Table("name", "practice", "practice mean KL (nats)", "practice mean CE (nats)", "sealed",
+                  title=f"human form, suite {s.name}")
+    for p in d.participant_rows():
+        table.add_row(p["name"], f"{p['practice']}/{s.manifest['sizes']['practice']}",
+                      "-" if p["practice_kl"] is None else f"{p['practice_kl']:.3f}",
+                      "-" if p["practice_ce"] is None else f"{p['practice_ce']:.3f}",
+                      f"{p['sealed']}/{s.manifest['sizes']['sealed']}")
+    out.print(table)
+
+
+def export(
+    suite: SuiteOpt = "wiki",
+    split: Annotated[str, typer.Option("--split", help="practice or sealed.")] = "sealed",
+    db: DbOpt = None,
+    participant: Annotated[list[str] | None, typer.Option("--participant", "-p", help="Only these (repeat).")] = None,
+    team: Annotated[bool, typer.Option(help="Also write the pooled 'human-team' predictor.")] = True,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder (default results/human/<suite>).")] = None,
+    score: Annotated[bool, typer.Option(help="Score each exported file at once (as `logitpred score`).")] = False,
+) -> None:
+    """Export human answers as standard predictions JSONL (one per participant and a team file) for `logitpred score`."""
+    from tasks.paths import results_dir
+
+    from .cli import score as score_cmd
+    from .human.export import export as do_export
+    from .human.game import Game
+
+    if split not in ("practice", "sealed"):
+        fail(f"unknown split {split!r}: use practice or sealed")
+    s, d = _db(suite, db)
+    folder = out_dir or results_dir() / "human" / s.name
+    try:
+        written = do_export(d, Game(s), split, folder, names=participant or None, team=team)
+    except ValueError as e:
+        fail(str(e))
+    if not written:
+        fail(f"no {split} answers to export yet", code=1)
+    for path in written:
+        out.print(f"wrote {path}")
+    if score:
+        for path in written:
+            score_cmd(path, suite=suite, split=split, name=None, strict=False, seed=0)
+
+
+def register(app: typer.Typer, suite_app: typer.Typer, predictors_app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("export")(export)
+    app.add_typer(participants_app, name="participants")

@@ -1,0 +1,306 @@
+"""The FastAPI app of the human form: login by one-time invitation, the prediction page, its JSON API, an admin page.
+
+Endpoints (all JSON under ``/api``; every POST needs the session's ``X-CSRF-Token`` header):
+- ``GET /join/{token}`` shows a confirm button; ``POST /join`` consumes the invitation and sets the session cookie.
+- ``GET /`` the form; ``GET /api/me``, ``GET /api/next?split=``, ``GET /api/vocab?q=``, ``GET /api/tokenize?text=``,
+  ``POST /api/answer`` (practice answers return feedback), ``GET /api/submissions[/{id}]`` (own only).
+- ``GET /admin`` (admin session) with per-participant progress, ``GET /admin/export`` (predictions JSONL).
+Sealed answers get no feedback of any kind, and the server never loads sealed truth (see ``game.py``).
+
+Abuse handling: bodies over ``max_body`` bytes get 413 before any parsing (``Guard``; Starlette has no body limit of
+its own); malformed JSON, numbers or fields get a 422 naming the field; forged or expired sessions 401, wrong role or
+CSRF token 403, unknown or foreign ids 404, a second answer 409, too many sealed answers a minute 429. Nothing is
+stored unless the whole answer is valid. Leaves out: TLS (run it behind a reverse proxy, with ``secure_cookies``).
+"""
+
+
+import hmac
+import json
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from tasks.suite import SPLITS, Suite
+
+from .db import AlreadyAnswered, DbError, RateLimited, open_db
+from .export import participant_predictions, team_predictions
+from .game import MAX_CANDIDATES, AnswerError, Game
+
+HERE = Path(__file__).parent
+COOKIE, JOIN_COOKIE = "logitpred_session", "logitpred_join"
+HEADERS = [(b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'; form-action 'self'; "
+            b"base-uri 'none'"), (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+           (b"x-frame-options", b"DENY")]
+
+
+class CandidateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, max_length=200)
+    token_id: StrictInt | None = None
+    p: float = Field(strict=True, allow_inf_nan=False)  # a JSON number, never a string; range: Game.resolve
+
+
+class AnswerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt_id: str = Field(min_length=1, max_length=64)
+    mode: Literal["list", "quick"] = "list"
+    rest: Literal["uniform", "unigram"] = "unigram"
+    candidates: list[CandidateIn] = Field(max_length=MAX_CANDIDATES)
+
+
+class Guard:
+    """ASGI middleware: refuse request bodies over ``max_body`` bytes (413) and add security headers."""
+
+    def __init__(self, app: Any, max_body: int) -> None:
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        too_big = JSONResponse({"detail": f"request body over {self.max_body} bytes: send a smaller answer"}, 413)
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            return await too_big(scope, receive, send)
+        seen, started = 0, False
+
+        async def limited() -> dict:
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > self.max_body:  # chunked bodies carry no length: count as they arrive
+                raise HTTPException(413, f"request body over {self.max_body} bytes: send a smaller answer")
+            return msg
+
+        async def headed(msg: dict) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+                msg["headers"] = list(msg.get("headers", [])) + HEADERS
+            await send(msg)
+
+        try:
+            await self.app(scope, limited, headed)
+        except HTTPException as e:
+            if e.status_code != 413 or started:
+                raise
+            await too_big(scope, receive, headed)
+
+
+def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: int = 20, max_body: int = 16384,
+               secure_cookies: bool = False, game: Game | None = None) -> FastAPI:
+    """Build the app for one suite; opens (and schema-checks) the database now, so a bad one fails at start-up.
+
+    ``game`` reuses an already built ``Game`` of the same suite (tests and benchmarks start several apps).
+    """
+    game, db = game or Game(suite), open_db(db_url, suite)
+    app = FastAPI(title="logitpred human form", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.game, app.state.db = game, db
+    app.add_middleware(Guard, max_body=max_body)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    pages = Jinja2Templates(directory=HERE / "templates")
+    pages.env.filters["utc"] = lambda t: datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+    def page(request: Request, name: str, status: int = 200, **context: Any) -> Response:
+        return pages.TemplateResponse(request, name, {"suite": suite.name, **context}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            loc = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in err["loc"][1:]).lstrip(".")
+            parts.append(f"{loc or 'body'}: {err['msg']}")
+        return JSONResponse({"detail": "; ".join(parts)}, 422)
+
+    def session(request: Request) -> dict[str, Any]:
+        token = request.cookies.get(COOKIE)
+        s = db.session(token) if token else None
+        if s is None:
+            raise HTTPException(401, "not logged in: open the invitation link from the organiser")
+        return s
+
+    def participant(s: Annotated[dict, Depends(session)]) -> dict[str, Any]:
+        if s["role"] != "participant":
+            raise HTTPException(403, "this page is for participants; the organiser uses /admin")
+        return s
+
+    def admin(s: Annotated[dict, Depends(session)]) -> dict[str, Any]:
+        if s["role"] != "admin":
+            raise HTTPException(403, "organiser only")
+        return s
+
+    def csrf(request: Request, s: Annotated[dict, Depends(participant)]) -> dict[str, Any]:
+        origin = request.headers.get("origin")
+        if origin and origin.split("://", 1)[-1] != request.headers.get("host"):
+            raise HTTPException(403, f"cross-site request from {origin} refused")
+        if not hmac.compare_digest(request.headers.get("x-csrf-token", ""), s["csrf"]):
+            raise HTTPException(403, "missing or wrong X-CSRF-Token: reload the page")
+        return s
+
+    Participant = Annotated[dict, Depends(participant)]
+
+    # --- login -------------------------------------------------------------------------------------------------------
+    @app.get("/join/{token}")
+    def join_page(request: Request, token: str) -> Response:
+        state = db.invitation_state(token)
+        if state != "valid":
+            msg = ("This invitation link was already used. Ask the organiser for a new one." if state == "used"
+                   else "Unknown invitation link. Check that you copied all of it.")
+            return page(request, "message.html", 410 if state == "used" else 404, title="Cannot log in", message=msg)
+        form_token = secrets.token_urlsafe(24)
+        resp = page(request, "join.html", token=token, form_token=form_token)
+        resp.set_cookie(JOIN_COOKIE, form_token, httponly=True, samesite="strict", secure=secure_cookies, max_age=3600)
+        return resp
+
+    @app.post("/join")
+    def join(request: Request, token: Annotated[str, Form(max_length=200)],
+             form_token: Annotated[str, Form(max_length=200)]) -> Response:
+        if not hmac.compare_digest(request.cookies.get(JOIN_COOKIE, ""), form_token):
+            return page(request, "message.html", 403, title="Cannot log in",
+                        message="The login form expired or came from another site. Open your invitation link again.")
+        try:
+            cookie, _csrf, role = db.redeem(token)
+        except DbError as e:
+            used = "already used" in str(e)
+            return page(request, "message.html", 410 if used else 404, title="Cannot log in", message=str(e))
+        resp = RedirectResponse("/admin" if role == "admin" else "/", 303)
+        resp.set_cookie(COOKIE, cookie, httponly=True, samesite="lax", secure=secure_cookies, max_age=30 * 24 * 3600)
+        resp.delete_cookie(JOIN_COOKIE)
+        return resp
+
+    @app.post("/api/logout")
+    def logout(request: Request, _s: Annotated[dict, Depends(csrf)]) -> Response:
+        db.end_session(request.cookies.get(COOKIE, ""))
+        resp = JSONResponse({"logged_out": True})
+        resp.delete_cookie(COOKIE)
+        return resp
+
+    # --- the form ----------------------------------------------------------------------------------------------------
+    @app.get("/")
+    def home(request: Request) -> Response:
+        token = request.cookies.get(COOKIE)
+        s = db.session(token) if token else None
+        if s is None:
+            return page(request, "message.html", 401, title="Not logged in",
+                        message="Open the invitation link the organiser gave you to log in.")
+        if s["role"] == "admin":
+            return RedirectResponse("/admin", 303)
+        return FileResponse(HERE / "static" / "form.html", headers={"cache-control": "no-store"})
+
+    def progress(pid: int) -> dict[str, Any]:
+        out = {}
+        for split in SPLITS:
+            with db.read() as conn:
+                out[split] = {**db.running(conn, pid, split), "total": len(game.prompts[split])}
+        out["sealed"].pop("mean_kl_nats"), out["sealed"].pop("mean_ce_nats")  # never computed; keep the shape honest
+        return out
+
+    @app.get("/api/me")
+    def me(s: Participant) -> dict[str, Any]:
+        return {"name": s["name"], "csrf": s["csrf"], "suite": suite.name, "suite_version": suite.version,
+                "sealed_per_minute": sealed_per_minute, "progress": progress(s["participant_id"])}
+
+    @app.get("/api/next")
+    def next_prompt(s: Participant, split: Literal["practice", "sealed"] = "practice") -> dict[str, Any]:
+        found = game.next_prompt(split, db.answered(s["participant_id"], split))
+        if found is None:
+            return {"done": True, "split": split, "total": len(game.prompts[split])}
+        i, p = found
+        return {"done": False, "split": split, "index": i, "total": len(game.prompts[split]),
+                "prompt": {"id": p.id, "text": p.text}}
+
+    @app.get("/api/vocab")
+    def vocab(_s: Annotated[dict, Depends(session)], q: Annotated[str, Query(max_length=100)] = "",
+              limit: Annotated[int, Query(ge=1, le=50)] = 12) -> dict[str, Any]:
+        return {"q": q, "tokens": game.complete(q, limit)}
+
+    @app.get("/api/tokenize")
+    def tokenize(_s: Annotated[dict, Depends(session)], text: Annotated[str, Query(max_length=200)] = "") -> dict:
+        return {"text": text, "tokens": game.tokenize(text)}
+
+    @app.post("/api/answer")
+    def answer(body: AnswerIn, s: Annotated[dict, Depends(csrf)]) -> dict[str, Any]:
+        try:
+            split, _prompt = game.prompt(body.prompt_id)
+        except KeyError as e:
+            raise HTTPException(404, e.args[0]) from e
+        if body.mode == "quick" and len(body.candidates) != 1:
+            raise HTTPException(422, "quick mode takes exactly one guess and its confidence")
+        try:
+            cands = game.resolve([c.model_dump() for c in body.candidates])
+            _pred, q = game.check(body.prompt_id, cands, body.rest)
+        except AnswerError as e:
+            raise HTTPException(422, str(e)) from e
+        fb = game.feedback(body.prompt_id, q) if split == "practice" else None
+        try:
+            sid, running = db.add_submission(
+                s["participant_id"], body.prompt_id, split, body.mode, body.rest, [c.to_json() for c in cands],
+                fb["kl_nats"] if fb else None, fb["ce_nats"] if fb else None, sealed_per_minute=sealed_per_minute)
+        except AlreadyAnswered as e:
+            raise HTTPException(409, str(e)) from e
+        except RateLimited as e:
+            raise HTTPException(429, str(e), headers={"retry-after": str(e.retry_after)}) from e
+        out = {"accepted": True, "submission_id": sid, "prompt_id": body.prompt_id, "split": split,
+               "candidates": [{**c.to_json(), "token": game.vocab.text[c.token_id]} for c in cands],
+               "rest": body.rest, "answered": running["answered"], "total": len(game.prompts[split])}
+        if fb:  # practice only
+            out["feedback"], out["running"] = fb, running
+        return out
+
+    def public(row: dict[str, Any]) -> dict[str, Any]:
+        keep = ("id", "prompt_id", "split", "mode", "rest", "created", "kl", "ce")
+        cands = [{**c, "token": game.vocab.text[c["token_id"]]} for c in row["candidates"]]
+        return {**{k: row[k] for k in keep}, "candidates": cands}
+
+    @app.get("/api/submissions")
+    def my_submissions(s: Participant) -> dict[str, Any]:
+        return {"submissions": [public(r) for r in db.list_submissions(s["participant_id"])]}
+
+    @app.get("/api/submissions/{sid}")
+    def my_submission(sid: int, s: Participant) -> dict[str, Any]:
+        rows = [r for r in db.list_submissions(s["participant_id"]) if r["id"] == sid]
+        if not rows:  # someone else's id looks exactly like a missing one
+            raise HTTPException(404, f"no submission {sid} of yours")
+        return public(rows[0])
+
+    # --- organiser ---------------------------------------------------------------------------------------------------
+    @app.get("/admin")
+    def admin_page(request: Request) -> Response:
+        token = request.cookies.get(COOKIE)
+        s = db.session(token) if token else None
+        if s is None or s["role"] != "admin":
+            return page(request, "message.html", 401 if s is None else 403, title="Organiser only",
+                        message="Log in with an admin link from `logitpred participants admin-link`.")
+        return page(request, "admin.html", people=db.participant_rows(), totals={k: len(v) for k, v in
+                                                                                game.prompts.items()})
+
+    @app.get("/admin/export")
+    def admin_export(_s: Annotated[dict, Depends(admin)], split: Literal["practice", "sealed"] = "sealed",
+                     participant: str = "team") -> PlainTextResponse:
+        if participant != "team" and participant not in {r["name"] for r in db.participant_rows()}:
+            raise HTTPException(404, f"no participant {participant!r}")
+        preds = (team_predictions(db, game, split) if participant == "team"
+                 else participant_predictions(db, game, split, participant))
+        text = "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in preds)  # as write_jsonl writes
+        name = f"human-{participant}-{split}.jsonl"
+        return PlainTextResponse(text, media_type="application/x-ndjson",
+                                 headers={"content-disposition": f'attachment; filename="{name}"'})
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(status_code=204)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"ok": True, "suite": suite.name}
+
+    app.state.close = db.dispose
+    return app
+
