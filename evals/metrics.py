@@ -16,16 +16,51 @@ import numpy as np
 LN2 = float(np.log(2.0))
 
 
-def _check(truth_logp: np.ndarray, pred_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    t, q = np.asarray(truth_logp), np.asarray(pred_p)
-    if t.ndim != 2 or q.ndim != 2:
-        raise ValueError(f"expected 2-d arrays (prompts, vocabulary); got truth {t.shape} and prediction {q.shape}")
-    if t.shape != q.shape:
-        raise ValueError(
-            f"truth has shape {t.shape} but prediction {q.shape}: one row per prompt, one column per token of the "
-            "target's vocabulary in both"
-        )
-    return t.astype(np.float64, copy=False), q.astype(np.float64, copy=False)
+class _Batch:
+    """Arrays shared by several metrics, computed once per batch (exp and log over (n, V) dominate the cost)."""
+
+    def __init__(self, truth_logp: np.ndarray, pred_p: np.ndarray) -> None:
+        t, q = np.asarray(truth_logp), np.asarray(pred_p)
+        if t.ndim != 2 or q.ndim != 2:
+            raise ValueError(f"expected 2-d arrays (prompts, vocabulary); got truth {t.shape} and prediction {q.shape}")
+        if t.shape != q.shape:
+            raise ValueError(
+                f"truth has shape {t.shape} but prediction {q.shape}: one row per prompt, one column per token of the "
+                "target's vocabulary in both"
+            )
+        self.t = t.astype(np.float64, copy=False)
+        self.q = q.astype(np.float64, copy=False)
+        self.p = np.exp(self.t)
+        self.log_q = np.log(self.q)
+
+    def kl(self) -> np.ndarray:
+        return (self.p * (self.t - self.log_q)).sum(axis=1)
+
+    def reverse_kl(self) -> np.ndarray:
+        return (self.q * (self.log_q - self.t)).sum(axis=1)
+
+    def js(self) -> np.ndarray:
+        log_m = np.log(0.5 * (self.p + self.q))
+        # p may underflow to 0 in float64 where the target is extremely sure; masking keeps 0 log 0 = 0.
+        kl_pm = np.where(self.p > 0, self.p * (self.t - log_m), 0.0).sum(axis=1)
+        kl_qm = (self.q * (self.log_q - log_m)).sum(axis=1)
+        return np.clip(0.5 * (kl_pm + kl_qm) / LN2, 0.0, 1.0)
+
+    def tv_and_brier(self) -> tuple[np.ndarray, np.ndarray]:
+        d = self.q - self.p
+        return 0.5 * np.abs(d).sum(axis=1), (d * d).sum(axis=1)
+
+    def top1(self) -> np.ndarray:
+        return (self.t.argmax(axis=1) == self.q.argmax(axis=1)).astype(np.float64)
+
+    def topk(self, k: int) -> np.ndarray:
+        if not 1 <= k <= self.t.shape[1]:
+            raise ValueError(f"k must be between 1 and the vocabulary size {self.t.shape[1]}, got {k}")
+        tp = np.argpartition(-self.t, k - 1, axis=1)[:, :k]
+        tq = np.argpartition(-self.q, k - 1, axis=1)[:, :k]
+        mask = np.zeros(self.t.shape, dtype=bool)  # membership of q's top-k in p's top-k, vectorized per row
+        np.put_along_axis(mask, tp, True, axis=1)
+        return np.take_along_axis(mask, tq, axis=1).sum(axis=1) / k
 
 
 def kl_divergence(truth_logp: np.ndarray, pred_p: np.ndarray, *, base: float = np.e) -> np.ndarray:
@@ -33,57 +68,37 @@ def kl_divergence(truth_logp: np.ndarray, pred_p: np.ndarray, *, base: float = n
 
     The headline metric: the expected extra code length of coding the target's samples with the prediction.
     """
-    t, q = _check(truth_logp, pred_p)
-    p = np.exp(t)
-    return (p * (t - np.log(q))).sum(axis=1) / np.log(base)
+    return _Batch(truth_logp, pred_p).kl() / np.log(base)
 
 
 def reverse_kl_divergence(truth_logp: np.ndarray, pred_p: np.ndarray) -> np.ndarray:
     """KL(q || p) = sum_v q(v) (log q(v) - log p(v)), nats. Large when the prediction is sure where the target is not."""
-    t, q = _check(truth_logp, pred_p)
-    return (q * (np.log(q) - t)).sum(axis=1)
+    return _Batch(truth_logp, pred_p).reverse_kl()
 
 
 def js_divergence(truth_logp: np.ndarray, pred_p: np.ndarray) -> np.ndarray:
     """Jensen-Shannon divergence, base 2, in [0, 1]: 0.5 KL(p||m) + 0.5 KL(q||m) with m = (p + q) / 2."""
-    t, q = _check(truth_logp, pred_p)
-    p = np.exp(t)
-    log_m = np.log(0.5 * (p + q))
-    # p may underflow to 0 in float64 where the target is extremely sure; xlogy-style masking keeps 0 log 0 = 0.
-    kl_pm = np.where(p > 0, p * (t - log_m), 0.0).sum(axis=1)
-    kl_qm = (q * (np.log(q) - log_m)).sum(axis=1)
-    return np.clip(0.5 * (kl_pm + kl_qm) / LN2, 0.0, 1.0)
+    return _Batch(truth_logp, pred_p).js()
 
 
 def total_variation_distance(truth_logp: np.ndarray, pred_p: np.ndarray) -> np.ndarray:
     """0.5 * sum_v |p(v) - q(v)|, in [0, 1]."""
-    t, q = _check(truth_logp, pred_p)
-    return 0.5 * np.abs(np.exp(t) - q).sum(axis=1)
+    return _Batch(truth_logp, pred_p).tv_and_brier()[0]
 
 
 def brier_score_loss(truth_logp: np.ndarray, pred_p: np.ndarray) -> np.ndarray:
     """sum_v (q(v) - p(v))^2, in [0, 2]."""
-    t, q = _check(truth_logp, pred_p)
-    return ((q - np.exp(t)) ** 2).sum(axis=1)
+    return _Batch(truth_logp, pred_p).tv_and_brier()[1]
 
 
 def top1_agreement_score(truth_logp: np.ndarray, pred_p: np.ndarray) -> np.ndarray:
     """1.0 where argmax q == argmax p, else 0.0 (ties resolved to the lowest token id in both)."""
-    t, q = _check(truth_logp, pred_p)
-    return (t.argmax(axis=1) == q.argmax(axis=1)).astype(np.float64)
+    return _Batch(truth_logp, pred_p).top1()
 
 
 def topk_overlap_score(truth_logp: np.ndarray, pred_p: np.ndarray, *, k: int = 10) -> np.ndarray:
     """|topk(p) ∩ topk(q)| / k, in [0, 1]."""
-    t, q = _check(truth_logp, pred_p)
-    if not 1 <= k <= t.shape[1]:
-        raise ValueError(f"k must be between 1 and the vocabulary size {t.shape[1]}, got {k}")
-    tp = np.argpartition(-t, k - 1, axis=1)[:, :k]
-    tq = np.argpartition(-q, k - 1, axis=1)[:, :k]
-    # membership via a boolean mask per row, vectorized over the batch
-    mask = np.zeros(t.shape, dtype=bool)
-    np.put_along_axis(mask, tp, True, axis=1)
-    return np.take_along_axis(mask, tq, axis=1).sum(axis=1) / k
+    return _Batch(truth_logp, pred_p).topk(k)
 
 
 def cross_entropy_loss(pred_p: np.ndarray, next_token_ids: np.ndarray) -> np.ndarray:
@@ -92,6 +107,8 @@ def cross_entropy_loss(pred_p: np.ndarray, next_token_ids: np.ndarray) -> np.nda
     ids = np.asarray(next_token_ids, dtype=np.int64)
     if q.ndim != 2 or ids.shape != (q.shape[0],):
         raise ValueError(f"expected (n, V) probabilities and n token ids; got {q.shape} and {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= q.shape[1]):
+        raise ValueError(f"token ids must be in [0, {q.shape[1]}); got range [{ids.min()}, {ids.max()}]")
     return -np.log(q[np.arange(q.shape[0]), ids])
 
 
@@ -104,17 +121,21 @@ def entropy(truth_logp: np.ndarray) -> np.ndarray:
 def per_prompt_metrics(truth_logp: np.ndarray, pred_p: np.ndarray, next_token_ids: np.ndarray, *,
                        k: int = 10) -> dict[str, np.ndarray]:
     """All metrics for a batch, as columns. Target-side columns (``target_*``) do not depend on the prediction."""
-    kl = kl_divergence(truth_logp, pred_p)
+    b = _Batch(truth_logp, pred_p)
+    kl = b.kl()
+    tv, brier = b.tv_and_brier()
+    rows = np.arange(b.q.shape[0])
+    ids = np.asarray(next_token_ids, dtype=np.int64)
     return {
         "kl_nats": kl,
         "kl_bits": kl / LN2,
-        "reverse_kl_nats": reverse_kl_divergence(truth_logp, pred_p),
-        "js_bits": js_divergence(truth_logp, pred_p),
-        "tv": total_variation_distance(truth_logp, pred_p),
-        "brier": brier_score_loss(truth_logp, pred_p),
-        "top1": top1_agreement_score(truth_logp, pred_p),
-        f"top{k}_overlap": topk_overlap_score(truth_logp, pred_p, k=k),
-        "ce_realized_nats": cross_entropy_loss(pred_p, next_token_ids),
-        "target_ce_realized_nats": cross_entropy_loss(np.exp(np.asarray(truth_logp, np.float64)), next_token_ids),
-        "target_entropy_nats": entropy(truth_logp),
+        "reverse_kl_nats": b.reverse_kl(),
+        "js_bits": b.js(),
+        "tv": tv,
+        "brier": brier,
+        "top1": b.top1(),
+        f"top{k}_overlap": b.topk(k),
+        "ce_realized_nats": cross_entropy_loss(b.q, ids),
+        "target_ce_realized_nats": -b.t[rows, ids],
+        "target_entropy_nats": -(b.p * b.t).sum(axis=1),
     }
