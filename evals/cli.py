@@ -174,6 +174,8 @@ def predict(
     split: SplitOpt = "practice",
     option: Annotated[list[str] | None, typer.Option("--option", "-O", help="Predictor option key=value.")] = None,
     batch_size: Annotated[int, typer.Option(help="Prompts per predictor call.")] = 64,
+    allow_unapproved: Annotated[bool, typer.Option(help="Exploratory: let an unapproved helper run; its results are "
+                                                        "marked unapproved.")] = False,
 ) -> None:
     """Run a predictor on a suite split and write its predictions as JSONL (it never sees truth)."""
     from predictors import PredictorContext, create, write_jsonl
@@ -182,6 +184,9 @@ def predict(
 
     s = _load_suite(suite)
     options = _parse_options(option or [])
+    from .cli_helpers import approval_meta
+
+    approval = approval_meta(predictor, options, allow_unapproved)
     try:
         p = create(predictor, PredictorContext.from_suite(s), **options)
     except (KeyError, TypeError, ValueError) as e:
@@ -192,6 +197,7 @@ def predict(
     n = write_jsonl(out_file, preds)
     meta = {"name": predictor, "options": options, "suite": s.name, "split": split}
     meta.update(getattr(p, "identity", lambda: {})())
+    meta.update(approval)
     Path(str(out_file) + ".meta.json").write_text(json.dumps(meta, indent=2))
     out.print(f"wrote {n} predictions to {out_file}")
 
@@ -246,6 +252,8 @@ def run(
     predictor: Annotated[list[str] | None, typer.Option("--predictor", "-p", help="Predictors to run (repeat).")] = None,
     split: Annotated[list[str] | None, typer.Option("--split", help="Splits to score (repeat).")] = None,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    allow_unapproved: Annotated[bool, typer.Option(help="Exploratory: let unapproved helpers run; their results are "
+                                                        "marked unapproved.")] = False,
 ) -> None:
     """Run predictors in-process on a built suite, validate and score their predictions, and print the leaderboard."""
     from predictors import PredictorContext, create, validate
@@ -256,7 +264,10 @@ def run(
     s = _load_suite(suite)
     ctx = PredictorContext.from_suite(s)
     names, splits = predictor or ["uniform", "unigram"], split or ["practice", "sealed"]
+    from .cli_helpers import approval_meta
+
     for name in names:
+        approval = approval_meta(name, {}, allow_unapproved)
         try:
             p = create(name, ctx)
         except (KeyError, TypeError, ValueError) as e:
@@ -266,7 +277,7 @@ def run(
                 task = bar.add_task(f"{name} on {s.name}/{sp}", total=s.manifest["sizes"][sp])
                 preds = predict_split(s, sp, p, on_progress=lambda n, t=task: bar.advance(t, n))
             checked = validate([(None, x) for x in preds], [q.id for q in s.prompts(sp)], s.vocabulary, s.background)
-            meta = {"name": name, "options": {}, **getattr(p, "identity", lambda: {})()}
+            meta = {"name": name, "options": {}, **getattr(p, "identity", lambda: {})(), **approval}
             result = do_score(s, sp, checked, predictor=meta, seed=seed)
             kl = result.summary["metrics"]["kl_nats"]["mean"]
             console.print(f"{name} {s.name}/{sp}: mean KL {kl[0]:.3f} nats [{kl[1]:.3f}, {kl[2]:.3f}]"
@@ -308,7 +319,7 @@ def predictors_list() -> None:
 
 
 # Each area of the harness adds its commands from its own module: ``register(app, suite_app, predictors_app)``.
-COMMAND_MODULES: tuple[str, ...] = ("evals.cli_human",)
+COMMAND_MODULES: tuple[str, ...] = ("evals.cli_human", "evals.cli_helpers")
 for _module in COMMAND_MODULES:
     __import__(_module, fromlist=["register"]).register(app, suite_app, predictors_app)
 

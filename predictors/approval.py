@@ -28,10 +28,15 @@ from tasks.paths import data_dir
 
 FORMAT = "logitpred-approvals/1"
 # Corpus statistics and trivial baselines: they read only the train text (DESIGN.md), so they are level 0.
-LEVEL0 = frozenset({"uniform", "unigram", "ngram", "suffix", "mixture"})
+LEVEL0 = {"uniform", "unigram", "ngram", "ngram-domain", "suffix", "mixture"}
 LEVEL0_PREFIXES = ("human", "file:")  # humans (web form, exported files) and files of predictions made elsewhere
 # Option keys under which a composite names its members (``mixture`` of issue 4 and ``composite`` here).
 MEMBER_KEYS = ("members", "components", "predictors")
+
+
+def declare_level0(name: str) -> None:
+    """Declare a predictor that reads only the train text (no model) level 0; call it next to its ``@register``."""
+    LEVEL0.add(name)
 
 
 class ApprovalError(ValueError):

@@ -32,7 +32,7 @@ from tasks.vocab import Vocabulary
 
 from .format import Prediction
 
-BUILTIN_MODULES = ("predictors.baselines", "predictors.ngram")  # imported on first registry use; heavy ones import lazily inside
+BUILTIN_MODULES = ("predictors.baselines", "predictors.ngram", "predictors.model", "predictors.composite")  # imported on first registry use; heavy ones import lazily inside
 ENTRY_POINT_GROUP = "logitpred.predictors"
 
 
@@ -60,6 +60,7 @@ class PredictorContext:
     practice_truth: Callable[[], tuple[list[str], np.ndarray]] | None = None  # (prompt ids, log-probs)
     practice_prompts: Callable[[], list[PromptView]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    target_weights_sha256: str = ""  # identity only, never a path: lets helper predictors refuse to run the target
 
     @classmethod
     def from_suite(cls, suite: Any) -> PredictorContext:
@@ -75,7 +76,8 @@ class PredictorContext:
 
         return cls(suite.name, suite.vocab_size, suite.vocabulary, suite.background, suite.bos_ids,
                    suite.path / "tokenizer", suite.target["tokenizer_sha256"], cfg["corpus"], cfg["seed"],
-                   cfg["heldout_fraction"], practice_truth, practice_prompts)
+                   cfg["heldout_fraction"], practice_truth, practice_prompts,
+                   target_weights_sha256=suite.target.get("weights_sha256", ""))
 
     def tokenizer(self) -> Any:
         from transformers import AutoTokenizer

@@ -142,16 +142,20 @@ def load_helper(path: Path) -> Helper:
 
 
 def helper_logprobs(helper: Helper, texts: Sequence[str], *, batch_size: int = 8,
-                    token_ids: Sequence[Sequence[int]] | None = None,
+                    token_ids: Sequence[Sequence[int]] | None = None, max_context: int | None = None,
                     on_progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Log-probabilities (float32, ``(len(texts), helper vocab)``) of the helper's next token after each text.
 
     ``token_ids`` may be given when the helper shares the target's tokenizer (then the prompt's own ids are used).
+    ``max_context`` keeps only the last tokens (BOS included) for helpers trained on short windows.
     """
     from tasks.truth import compute_truth
 
     if token_ids is None:
         token_ids = helper.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    if max_context:
+        keep = max(1, max_context - len(helper.bos_ids))
+        token_ids = [ids[-keep:] for ids in token_ids]
     items = [_Item(str(i), tuple(ids)) for i, ids in enumerate(token_ids)]
     for it, text in zip(items, texts, strict=True):
         if not it.token_ids and not helper.bos_ids:
@@ -174,9 +178,10 @@ class ModelPredictor:
     """A helper LM as a predictor: full-vocabulary predictions over the target's tokens, cached on disk."""
 
     def __init__(self, ctx: PredictorContext, name: str, path: Path, *, batch_size: int = 8, coverage: float = 1.0,
-                 smoothing: float = 1e-3, rest: str = "unigram", cache: bool = True,
-                 progress: bool = False) -> None:
+                 smoothing: float = 1e-3, rest: str = "unigram", cache: bool = True, progress: bool = False,
+                 max_context: int | None = None) -> None:
         from .crosstok import check_settings
+        from .train_helper import helper_context
 
         check_settings(coverage, rest)
         if not 0.0 <= smoothing < 1.0:
@@ -184,13 +189,14 @@ class ModelPredictor:
         self.name, self.path, self.ctx = name, path, ctx
         self.batch_size, self.coverage, self.smoothing, self.rest = batch_size, coverage, smoothing, rest
         self.cache, self.progress = cache, progress
+        self.max_context = max_context or helper_context(path)
         self.helper_identity = helper_identity(path)
-        target_w = ctx.extra.get("target_weights_sha256") or getattr(ctx, "target_weights_sha256", "")
+        target_w = ctx.target_weights_sha256
         if target_w and self.helper_identity["weights_sha256"] == target_w:
             raise HelperError(f"helper {path} has the same weights as the suite's target "
                               f"({target_w[:16]}): a predictor may never run the target model")
         self.same_tokenizer = self.helper_identity["tokenizer_sha256"] == ctx.tokenizer_sha256
-        settings = {"coverage": coverage, "smoothing": smoothing, "rest": rest, "v": 1}
+        settings = {"coverage": coverage, "smoothing": smoothing, "rest": rest, "max_context": self.max_context, "v": 1}
         self.settings_key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
         self._helper: Helper | None = None
         self._mapper: Any = None
@@ -198,7 +204,7 @@ class ModelPredictor:
     def identity(self) -> dict[str, Any]:
         return {"helper": self.helper_identity, "mapping": "identity" if self.same_tokenizer else
                 "first-token marginalization", "settings": {"coverage": self.coverage, "smoothing": self.smoothing,
-                                                            "rest": self.rest}}
+                                                            "rest": self.rest, "max_context": self.max_context}}
 
     def _cache_dir(self) -> Path:
         return (data_dir() / "helper-cache" / self.ctx.suite /
@@ -214,7 +220,8 @@ class ModelPredictor:
             if not self.same_tokenizer:
                 from .crosstok import TokenMap
 
-                self._mapper = TokenMap.build(self._helper.tokenizer, self.ctx.tokenizer(), self.ctx.vocab_size)
+                size = int(self._helper.model.get_output_embeddings().weight.shape[0])
+                self._mapper = TokenMap.build(self._helper.tokenizer, self.ctx.tokenizer(), self.ctx.vocab_size, size)
         return self._helper
 
     def distributions(self, prompts: Sequence[PromptView]) -> np.ndarray:
@@ -245,6 +252,7 @@ class ModelPredictor:
         bar = _progress(f"{self.name}: helper forward", len(prompts)) if self.progress else None
         try:
             logp = helper_logprobs(helper, [p.text for p in prompts], batch_size=self.batch_size, token_ids=ids,
+                                   max_context=self.max_context,
                                    on_progress=(lambda n: bar[0].advance(bar[1], n)) if bar else None)
         finally:
             if bar:
@@ -283,7 +291,7 @@ def _make(name: str) -> Callable[..., ModelPredictor]:
             return ModelPredictor(ctx, name, path, **settings)
         except TypeError as e:
             raise HelperError(f"predictor {name!r}: bad option ({e}); options: batch_size, coverage, smoothing, "
-                              "rest, cache, progress") from e
+                              "rest, cache, progress, max_context") from e
 
     return factory
 
