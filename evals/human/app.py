@@ -7,12 +7,11 @@ Endpoints (all JSON under ``/api``; every POST needs the session's ``X-CSRF-Toke
 - ``GET /admin`` (admin session) with per-participant progress, ``GET /admin/export`` (predictions JSONL).
 Sealed answers get no feedback of any kind, and the server never loads sealed truth (see ``game.py``).
 
-Abuse handling: bodies over ``max_body`` bytes get 413 before any parsing (``Guard``; Starlette has no body limit of
-its own); malformed JSON, numbers or fields get a 422 naming the field; forged or expired sessions 401, wrong role or
-CSRF token 403, unknown or foreign ids 404, a second answer 409, too many sealed answers a minute 429. Nothing is
-stored unless the whole answer is valid. Leaves out: TLS (run it behind a reverse proxy, with ``secure_cookies``).
+Abuse handling: bodies over ``max_body`` bytes get 413 before any parsing (FastAPI's ``max_body_size``); malformed
+JSON, numbers or fields get a 422 naming the field; forged or expired sessions 401, wrong role or CSRF token 403,
+unknown or foreign ids 404, a second answer 409, too many sealed answers a minute 429. Nothing is stored unless the
+whole answer is valid. Leaves out: TLS (run it behind a reverse proxy, with ``secure_cookies``).
 """
-
 
 import hmac
 import json
@@ -22,11 +21,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tasks.suite import SPLITS, Suite
 
@@ -56,42 +57,19 @@ class AnswerIn(BaseModel):
     candidates: list[CandidateIn] = Field(max_length=MAX_CANDIDATES)
 
 
-class Guard:
-    """ASGI middleware: refuse request bodies over ``max_body`` bytes (413) and add security headers."""
+class SecurityHeaders:
+    """ASGI middleware adding the security headers above to every response."""
 
-    def __init__(self, app: Any, max_body: int) -> None:
-        self.app, self.max_body = app, max_body
+    def __init__(self, app: Any) -> None:
+        self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        too_big = JSONResponse({"detail": f"request body over {self.max_body} bytes: send a smaller answer"}, 413)
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            return await too_big(scope, receive, send)
-        seen, started = 0, False
-
-        async def limited() -> dict:
-            nonlocal seen
-            msg = await receive()
-            seen += len(msg.get("body", b""))
-            if seen > self.max_body:  # chunked bodies carry no length: count as they arrive
-                raise HTTPException(413, f"request body over {self.max_body} bytes: send a smaller answer")
-            return msg
-
         async def headed(msg: dict) -> None:
-            nonlocal started
             if msg["type"] == "http.response.start":
-                started = True
                 msg["headers"] = list(msg.get("headers", [])) + HEADERS
             await send(msg)
 
-        try:
-            await self.app(scope, limited, headed)
-        except HTTPException as e:
-            if e.status_code != 413 or started:
-                raise
-            await too_big(scope, receive, headed)
+        await self.app(scope, receive, headed if scope["type"] == "http" else send)
 
 
 def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: int = 20, max_body: int = 16384,
@@ -101,15 +79,23 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
     ``game`` reuses an already built ``Game`` of the same suite (tests and benchmarks start several apps).
     """
     game, db = game or Game(suite), open_db(db_url, suite)
-    app = FastAPI(title="logitpred human form", docs_url=None, redoc_url=None, openapi_url=None)
+    # FastAPI's own limit: 413 before parsing, for declared lengths and chunked bodies alike
+    app = FastAPI(title="logitpred human form", docs_url=None, redoc_url=None, openapi_url=None,
+                  max_body_size=max_body)
     app.state.game, app.state.db = game, db
-    app.add_middleware(Guard, max_body=max_body)
+    app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     pages = Jinja2Templates(directory=HERE / "templates")
     pages.env.filters["utc"] = lambda t: datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> Response:
         return pages.TemplateResponse(request, name, {"suite": suite.name, **context}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 413:
+            exc = StarletteHTTPException(413, f"request body over {max_body} bytes: send a smaller answer")
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -16,10 +16,12 @@ refuses a database of another schema version or another suite instead of guessin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -132,6 +134,9 @@ class Database:
         self.url = url
         self._read = _engine(url, immediate=False)
         self._write = _engine(url, immediate=True) if url.startswith("sqlite") else self._read
+        # SQLite has one writer at a time; threads of this process queue here instead of in SQLite's busy handler,
+        # which polls with sleeps of up to 100 ms and made tail latencies under load seconds long
+        self._write_lock = threading.Lock() if url.startswith("sqlite") else contextlib.nullcontext()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -141,7 +146,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction; it commits when the block exits normally and rolls back on any exception."""
-        with self._write.begin() as conn:
+        with self._write_lock, self._write.begin() as conn:
             yield conn
 
     def dispose(self) -> None:

@@ -215,7 +215,7 @@ function setSplit(s) {
 
 async function loadNext() {
   const data = await api(`/api/next?split=${split}`);
-  $("#result").hidden = true; $("#after").hidden = true; $("#error").textContent = "";
+  $("#result").hidden = true; $("#result").replaceChildren(); $("#after").hidden = true; $("#error").textContent = "";
   if (data.done) {
     current = null;
     $("#task").hidden = true;
