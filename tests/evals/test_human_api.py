@@ -486,3 +486,41 @@ def test_kill_9_loses_no_acknowledged_answer(tiny_suite, tmp_path):
         practice = [p.id for p in tiny_suite.prompts("practice")]
         assert nxt.get("prompt", {}).get("id") == next((p for p in practice if p not in done), None)
         fresh.close()
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh schema in the PostgreSQL named by $LOGITPRED_TEST_POSTGRES_URL (skipped when unset)."""
+    base = os.environ.get("LOGITPRED_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("set LOGITPRED_TEST_POSTGRES_URL=postgresql+psycopg://... to run the PostgreSQL test")
+    import sqlalchemy as sa
+
+    schema = f"human_test_{os.getpid()}_{int(time.time() * 1000)}"
+    engine = sa.create_engine(base)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in base else "?"
+    yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+def test_postgresql_works_unchanged(tiny_suite, game, postgres_url, tmp_path):
+    """The same app on PostgreSQL: login, practice feedback, sealed once, rate limit, schema check, export."""
+    app = create_app(tiny_suite, db_url=postgres_url, sealed_per_minute=2, game=game)
+    assert app.state.db.url.startswith("postgresql")
+    c, h = participant(app, "alice")
+    practice, sealed = tiny_suite.prompts("practice"), tiny_suite.prompts("sealed")
+    r = c.post("/api/answer", headers=h, json={"prompt_id": practice[0].id, "candidates": [{"text": " a", "p": 0.5}]})
+    assert r.status_code == 200 and r.json()["running"]["answered"] == 1 and r.json()["feedback"]["kl_nats"] > 0
+    codes = [c.post("/api/answer", headers=h, json={"prompt_id": p.id, "candidates": [{"text": " a", "p": 0.5}]})
+             .status_code for p in (sealed[0], sealed[0], sealed[1], sealed[2])]
+    assert codes == [200, 409, 200, 429]
+    assert stored(app) == 3
+    assert c.get("/api/next", params={"split": "sealed"}).json()["index"] == 2
+    files = export(app.state.db, app.state.game, "sealed", tmp_path)
+    assert sorted(f.name for f in files) == ["human-alice-sealed.jsonl", "human-team-sealed.jsonl"]
+    app.state.close()
+    open_db(postgres_url, tiny_suite).dispose()  # reopening checks the recorded schema version and suite

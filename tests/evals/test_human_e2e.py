@@ -49,7 +49,8 @@ def test_participant_session_in_a_real_browser(tiny_suite, tmp_path):
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(f"{base}/join/{link_token}")
-        page.keyboard.press("Enter")  # the login button has focus
+        expect(page.locator("#login")).to_be_focused()  # autofocus: a keyboard user lands on the button
+        page.keyboard.press("Enter")
         expect(page.locator("#prompt .end")).to_have_count(1)
 
         # the prompt: exact text, whitespace made visible, the end marked

@@ -33,7 +33,7 @@ function visible(text, into) {
 }
 const tokenChip = (tok, cls) => {
   const el = visible(tok.text, document.createElement("span"));
-  el.className = "tok " + cls; el.title = `token ${tok.id} (${tok.raw})`;
+  el.className = "tok " + cls; el.title = tok.raw ? `token ${tok.id} (${tok.raw})` : `token ${tok.id}`;
   return el;
 };
 const pct = (p) => p >= 0.0001 ? (100 * p).toFixed(2) + "%" : (100 * p).toPrecision(2) + "%";
@@ -60,7 +60,8 @@ function addRow(focus = true) {
   row.dataset.active = "-1";
   input.addEventListener("input", () => { delete row.dataset.tokenId; lookup(row); });
   input.addEventListener("keydown", (e) => comboKeys(e, row));
-  input.addEventListener("blur", () => setTimeout(() => closeList(row), 150));
+  // close the suggestions when focus leaves (after a mouse pick has had its turn), unless it came back meanwhile
+  input.addEventListener("blur", () => setTimeout(() => { if (document.activeElement !== input) closeList(row); }, 150));
   $(".prob", row).addEventListener("input", updateTotal);
   $(".remove", row).addEventListener("click", () => { row.remove(); if (!$("#rows").children.length) addRow(); updateTotal(); });
   rows.append(row);
@@ -273,16 +274,20 @@ async function submit(e) {
     const res = await api("/api/answer", { method: "POST", body: JSON.stringify(
       { prompt_id: current.id, mode: mode(), rest: $("#rest").value, candidates: cands }) });
     $("#task").hidden = true;
+    const yours = document.createElement("span");
+    yours.append("Your answer: ");
+    for (const c of res.candidates) yours.append(tokenChip({ id: c.token_id, text: c.token, raw: "" }, "first"), ` ${pct(c.p)} `);
+    yours.append(`· the rest by ${res.rest}.`);
     if (res.feedback) {
       const fb = res.feedback, run = res.running;
       const real = document.createElement("span");
       real.append("The text really went on with ", tokenChip(fb.realized, "first"),
         ` (target ${pct(fb.realized.p)}, you ${pct(fb.realized.yours)}).`);
-      showResult([`Saved. Your KL(target ‖ you): ${fb.kl_nats.toFixed(3)} nats · your cross-entropy on the real next token: ${fb.ce_nats.toFixed(3)} nats (the target's own: ${fb.target_ce_nats.toFixed(3)}).`,
+      showResult([yours, `Saved. Your KL(target ‖ you): ${fb.kl_nats.toFixed(3)} nats · your cross-entropy on the real next token: ${fb.ce_nats.toFixed(3)} nats (the target's own: ${fb.target_ce_nats.toFixed(3)}).`,
         real, `Running practice score: ${run.answered} answered, mean KL ${run.mean_kl_nats.toFixed(3)} nats, mean CE ${run.mean_ce_nats.toFixed(3)} nats.`],
       feedbackTable(fb));
     } else {
-      showResult([`Saved (sealed answer ${res.answered} of ${res.total}; no feedback in the sealed round).`]);
+      showResult([`Saved (sealed answer ${res.answered} of ${res.total}; no feedback in the sealed round).`, yours]);
     }
     await refreshMe();
     $("#after").hidden = false;
