@@ -1,7 +1,7 @@
 """Holdout hygiene for sealed splits: a per-predictor submission ledger, a limit, and coarse release of scores.
 
 Every scoring against a sealed split (``evals.scoring.score``, the inspect task, the gate) appends one line to
-``<data_dir>/holdout/submissions.jsonl``: suite, sealed commitment, predictor, run id, time, how it was scored. A
+``<data_dir>/holdout/submissions.jsonl`` (or ``$LOGITPRED_LEDGER``): suite, sealed commitment, predictor, run id, time, how it was scored. A
 predictor's count is the number of lines for the suite's *current* commitment (a rebuilt suite with new truth is a
 new holdout). The gate refuses a predictor whose count has reached the configured ``max_submissions``. The ledger is
 append-only and locked with ``fcntl`` while written, so concurrent scorings on one machine are all counted.
@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +38,9 @@ class HoldoutError(RuntimeError):
 
 
 def ledger_path() -> Path:
-    return data_dir() / "holdout" / "submissions.jsonl"
+    """``$LOGITPRED_LEDGER`` if set (e.g. a location predictors cannot write), else under the data dir."""
+    env = os.environ.get("LOGITPRED_LEDGER")
+    return Path(env).resolve() if env else data_dir() / "holdout" / "submissions.jsonl"
 
 
 def _suite_key(suite: Any) -> tuple[str, str]:

@@ -8,7 +8,8 @@ enters a sample, a message or anything the model (a predictor behind ``evals.ins
 The scorer computes the foundation metrics (``evals.metrics.per_prompt_metrics``, the same code as ``logitpred score``)
 for each sample and returns them as a dict value; inspect aggregates every key with ``mean`` and ``stderr``, and
 ``ci95`` adds the percentile bootstrap interval of ``evals.stats``. Per-sample logs keep these per-prompt
-scalars and the top-10 candidates of the prediction, never a distribution of the target or its realized token.
+scalars and the top-10 candidates of the prediction, never a distribution of the target or its realized token (on
+sealed splits the two realized-token metrics are left out of the log too, see ``SEALED_OMIT``).
 Sealed splits: the commitment is verified when the task is built, and the first sample records one submission per
 model in the holdout ledger (``evals.holdout``); ``-T max_submissions=N`` refuses a model past N.
 """
@@ -40,6 +41,10 @@ from evals.metrics import per_prompt_metrics
 from evals.stats import bootstrap_ci
 from predictors.format import PredictionError, densify
 from tasks import load_suite
+
+# The target's log-probability of a sealed realized token is itself sealed truth (and with the logged top candidates
+# the realized-token loss would name the token): sealed logs leave both out; ``logitpred score`` keeps them harness-side.
+SEALED_OMIT = ("ce_realized_nats", "target_ce_realized_nats")
 
 
 @metric
@@ -80,7 +85,7 @@ def next_token_metrics(suite: str, split: str) -> Scorer:
             return Score.unscored(explanation=f"invalid prediction: {e}")
         i = row[str(state.sample_id)]
         m = per_prompt_metrics(logp[i : i + 1], q[None, :], nxt[i : i + 1])
-        value = {k: float(v[0]) for k, v in m.items()}
+        value = {k: float(v[0]) for k, v in m.items() if not (split == "sealed" and k in SEALED_OMIT)}
         top = meta.get("top") or [[""]]
         return Score(value=value, answer=str(top[0][0]))
 

@@ -1,0 +1,143 @@
+"""The inspect-ai layer end to end on the tiny suite: the ``predictor/NAME`` provider (resolved through the package's
+``inspect_ai`` entry point), the task, the scorer's per-sample metrics against a direct computation, what a predictor
+receives, the sealed holdout count, and that no sealed truth value reaches a log."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from inspect_ai import eval as inspect_eval
+from inspect_ai.log import read_eval_log
+from inspect_ai.model import ModelOutput, ModelUsage, get_model
+
+from evals import holdout
+from evals.metrics import per_prompt_metrics
+from evals.predictability import SEALED_OMIT, predictability
+from evals.stats import bootstrap_ci
+from predictors import Prediction, densify, register
+from predictors.baselines import RestOnly
+
+REPO = Path(__file__).resolve().parents[2]
+SEEN: list = []  # what the spy predictor was given
+
+
+@register("test-spy")
+def _spy(ctx, **options):
+    class Spy(RestOnly):
+        def predict(self, prompts):
+            SEEN.extend(prompts)
+            return super().predict(prompts)
+
+    return Spy("test-spy", "unigram")
+
+
+@pytest.fixture()
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("LOGITPRED_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("LOGITPRED_LEDGER", str(tmp_path / "ledger.jsonl"))
+    return tmp_path
+
+
+def _run(task, model, log_dir, **kw):
+    [log] = inspect_eval(task, model=model, log_dir=str(log_dir), display="none", **kw)
+    return log
+
+
+def truth_numbers(suite, split, top=20):
+    """Target log-probs and probabilities that a leak would show: the top ``top`` per prompt and the realized token's."""
+    _, logp, nxt = suite.truth_split(split)
+    vals = set()
+    for row, x in zip(logp.astype(np.float64), nxt, strict=True):
+        idx = np.append(np.argsort(-row)[:top], x)
+        for v in row[idx]:
+            for w in (v, -v, np.exp(v)):
+                if abs(w) > 1e-3 and abs(w) != 1.0:
+                    vals.add(f"{w:.6g}")
+    return vals
+
+
+def numbers_in(text):
+    return {f"{float(x):.6g}" for x in re.findall(r"-?\d+\.\d{4,}(?:[eE][-+]?\d+)?", text)}
+
+
+def test_practice_eval_matches_direct_scoring(tiny_suite, isolated):
+    log = _run(predictability(suite="tiny", split="practice"), "predictor/unigram", isolated / "logs")
+    assert log.status == "success" and len(log.samples) == 6
+    ids, logp, nxt = tiny_suite.truth_split("practice")
+    q = np.stack([densify(Prediction(i, {}, "unigram"), tiny_suite.vocabulary, tiny_suite.background) for i in ids])
+    direct = per_prompt_metrics(logp, q, nxt)
+    got = {s.id: s.scores["next_token_metrics"].value for s in log.samples}
+    for i, pid in enumerate(ids):
+        for k in direct:
+            assert got[pid][k] == pytest.approx(direct[k][i], rel=1e-9, abs=1e-12), (pid, k)
+    # aggregates: inspect's mean and stderr, and our bootstrap CI, against numpy/scipy on the same values
+    metrics = {s.name: s.metrics for s in log.results.scores}
+    kl = direct["kl_nats"]
+    assert metrics["kl_nats"]["mean"].value == pytest.approx(kl.mean())
+    assert metrics["kl_nats"]["stderr"].value == pytest.approx(kl.std(ddof=1) / np.sqrt(kl.size))
+    _, low, high = bootstrap_ci(kl)
+    assert metrics["kl_nats"]["ci95_low"].value == pytest.approx(low)
+    assert metrics["kl_nats"]["ci95_high"].value == pytest.approx(high)
+    assert log.eval.metadata["commitment"] == tiny_suite.commitment
+    # the sample carries no truth: a system message naming the suite, the prompt text, an empty target
+    prompts = {p.id: p for p in tiny_suite.prompts("practice")}
+    for s in log.samples:
+        assert [m.role for m in s.input] == ["system", "user"] and s.input[1].text == prompts[s.id].text
+        assert s.target == "" and "next_token_id" not in json.dumps(s.metadata)
+
+
+def test_predictor_receives_only_the_prompt_view(tiny_suite, isolated):
+    SEEN.clear()
+    log = _run(predictability(suite="tiny", split="practice"), "predictor/test-spy", isolated / "logs")
+    assert log.status == "success"
+    want = {p.id: p for p in tiny_suite.prompts("practice")}
+    assert sorted(v.id for v in SEEN) == sorted(want)
+    for v in SEEN:
+        assert set(vars(v)) == {"id", "text", "token_ids"}  # nothing else travels
+        assert v.text == want[v.id].text and v.token_ids == want[v.id].token_ids
+
+
+def test_unscored_when_model_is_not_a_predictor(tiny_suite, isolated):
+    out = ModelOutput.from_content("mockllm", " the")
+    out.usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)  # else mockllm asks tiktoken (offline)
+    model = get_model("mockllm/model", custom_outputs=[out] * 6)
+    log = _run(predictability(suite="tiny", split="practice"), model, isolated / "logs")
+    scores = [s.scores["next_token_metrics"] for s in log.samples]
+    assert all(np.isnan(s.value) and "predictor/NAME" in s.explanation for s in scores)
+
+
+def test_sealed_from_the_inspect_cli_counts_refuses_and_leaks_no_truth(tiny_suite, isolated):
+    env = {**os.environ, "XDG_DATA_HOME": str(isolated / "xdg"), "LOGITPRED_LEDGER": str(isolated / "ledger.jsonl")}
+    cmd = [str(Path(sys.executable).parent / "inspect"), "eval", "evals/predictability.py", "-T", "suite=tiny",
+           "-T", "split=sealed", "-T", "max_submissions=1", "--model", "predictor/unigram", "--log-format", "json",
+           "--log-dir", str(isolated / "logs"), "--display", "plain"]
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert holdout.count(tiny_suite, "unigram") == 1
+    [path] = list((isolated / "logs").glob("*.json"))
+    text = path.read_text()
+    log = read_eval_log(str(path))
+    assert log.status == "success" and len(log.samples) == 6
+    assert not set(SEALED_OMIT) & set(log.samples[0].scores["next_token_metrics"].value)
+    leaked = numbers_in(text) & truth_numbers(tiny_suite, "sealed")
+    assert not leaked, f"sealed truth values in the log: {sorted(leaked)[:5]}"
+    assert len(text) < 400_000  # per-prompt scalars and top candidates, not distributions
+    # the second sealed run is past the limit: refused before any prediction is scored
+    subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # inspect exits 0 anyway
+    [refused] = [read_eval_log(str(p)) for p in (isolated / "logs").glob("*.json") if p != path]
+    assert refused.status == "error" and "limit 1" in refused.error.message
+    assert holdout.count(tiny_suite, "unigram") == 1
+
+
+def test_the_leak_check_can_fail(tiny_suite, isolated):
+    """On practice the realized-token loss of the target is logged, and the same check finds it."""
+    log = _run(predictability(suite="tiny", split="practice"), "predictor/unigram", isolated / "logs",
+               log_format="json")
+    text = Path(log.location).read_text()
+    assert numbers_in(text) & truth_numbers(tiny_suite, "practice")
