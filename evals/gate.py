@@ -133,7 +133,7 @@ def _thresholds(obj: Any, where: str) -> tuple[Threshold, ...]:
 def load_config(path: Path) -> GateConfig:
     """Parse and check a gate config; every problem raises ``GateConfigError`` naming the key."""
     if not path.is_file():
-        raise GateConfigError(f"gate config {path} does not exist (see gate.yaml at the repository root)")
+        raise GateConfigError(f"{path} does not exist (see gate.yaml at the repository root)")
     text = path.read_text()
     try:
         raw = yaml.safe_load(text)

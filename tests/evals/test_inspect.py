@@ -4,7 +4,6 @@ receives, the sealed holdout count, and that no sealed truth value reaches a log
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from evals.predictability import SEALED_OMIT, predictability
 from evals.stats import bootstrap_ci
 from predictors import Prediction, densify, register
 from predictors.baselines import RestOnly
+from tests.evals.leaks import numbers_in, truth_numbers
 
 REPO = Path(__file__).resolve().parents[2]
 SEEN: list = []  # what the spy predictor was given
@@ -47,23 +47,6 @@ def isolated(tmp_path, monkeypatch):
 def _run(task, model, log_dir, **kw):
     [log] = inspect_eval(task, model=model, log_dir=str(log_dir), display="none", **kw)
     return log
-
-
-def truth_numbers(suite, split, top=20):
-    """Target log-probs and probabilities that a leak would show: the top ``top`` per prompt and the realized token's."""
-    _, logp, nxt = suite.truth_split(split)
-    vals = set()
-    for row, x in zip(logp.astype(np.float64), nxt, strict=True):
-        idx = np.append(np.argsort(-row)[:top], x)
-        for v in row[idx]:
-            for w in (v, -v, np.exp(v)):
-                if abs(w) > 1e-3 and abs(w) != 1.0:
-                    vals.add(f"{w:.6g}")
-    return vals
-
-
-def numbers_in(text):
-    return {f"{float(x):.6g}" for x in re.findall(r"-?\d+\.\d{4,}(?:[eE][-+]?\d+)?", text)}
 
 
 def test_practice_eval_matches_direct_scoring(tiny_suite, isolated):

@@ -1,0 +1,69 @@
+"""Holdout hygiene: the submission ledger (counts per predictor and commitment, concurrent writers, sealed scoring
+counted by ``evals.scoring.score``) and the coarse release (grid rounding, Blum & Hardt's Ladder)."""
+
+import multiprocessing as mp
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from evals import holdout
+from evals.scoring import score
+from predictors import Prediction, densify
+from predictors.format import ValidatedPredictions
+
+
+@pytest.fixture()
+def ledger(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOGITPRED_LEDGER", str(tmp_path / "ledger.jsonl"))
+    monkeypatch.setenv("LOGITPRED_RESULTS", str(tmp_path / "results"))
+    return tmp_path / "ledger.jsonl"
+
+
+def test_coarse_rounds_to_the_grid():
+    assert holdout.coarse(4.9731, 0.05) == 4.95
+    assert holdout.coarse(4.9731, 0.05, "up") == 5.0 and holdout.coarse(4.9731, 0.05, "down") == 4.95
+    assert holdout.coarse(0.15, 0.05, "up") == 0.15 and holdout.coarse(0.15, 0.05, "down") == 0.15  # on the grid
+    assert holdout.release_interval(3.14159, 3.01, 3.29, 0.05) == (3.15, 3.0, 3.3)
+    with pytest.raises(ValueError, match="step"):
+        holdout.coarse(1.0, 0)
+
+
+def test_ladder_releases_only_real_improvements():
+    # worked by hand: 4.98 does not beat 5.0 by more than 0.05, 4.93 does not beat 4.9, 4.7 does
+    assert holdout.ladder([5.0, 4.98, 4.9, 4.93, 4.7, 5.3], 0.05) == [5.0, 5.0, 4.9, 4.9, 4.7, 4.7]
+    assert holdout.ladder([], 0.05) == []
+
+
+def _record_many(path: str, n: int) -> None:
+    import os
+
+    os.environ["LOGITPRED_LEDGER"] = path
+    suite = SimpleNamespace(name="s", commitment="c1")
+    for _ in range(n):
+        holdout.record(suite, "p")
+
+
+def test_ledger_counts_per_predictor_and_commitment_with_concurrent_writers(ledger):
+    s1, s2 = SimpleNamespace(name="s", commitment="c1"), SimpleNamespace(name="s", commitment="c2")
+    procs = [mp.get_context("spawn").Process(target=_record_many, args=(str(ledger), 25)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert holdout.count(s1, "p") == 50  # no lost update between the two writers
+    assert holdout.count(s2, "p") == 0 and holdout.count(s1, "q") == 0  # new truth, other predictor: fresh counts
+    assert holdout.check(s1, "p", None) == 50 and holdout.check(s1, "p", 51) == 50
+    with pytest.raises(holdout.HoldoutError, match="limit 50"):
+        holdout.check(s1, "p", 50)
+
+
+def test_sealed_scoring_is_counted_practice_is_not(tiny_suite, ledger):
+    vocab, bg = tiny_suite.vocabulary, tiny_suite.background
+    for split in ("practice", "sealed", "sealed"):
+        ids = [p.id for p in tiny_suite.prompts(split)]
+        q = np.stack([densify(Prediction(i, {}, "unigram"), vocab, bg) for i in ids])
+        result = score(tiny_suite, split, ValidatedPredictions(ids, q, [], []), predictor={"name": "counted"})
+    assert holdout.count(tiny_suite, "counted") == 2
+    assert result.summary["holdout"]["submission"] == 2
+    assert ledger.read_text().count(result.summary["run_id"]) == 1
