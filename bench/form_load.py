@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sqlite3
 import tempfile
@@ -96,6 +97,12 @@ async def phase(base: str, pool: list[str], users: int, seconds: float, think: f
     return {"log": log, "acked": acked, "wall": wall}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), to report server CPU per request."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1e3 if values else float("nan")
 
@@ -107,9 +114,11 @@ def report(name: str, res: dict) -> dict:
     bad = [(k, s) for k, _, s in log if s != 200]
     row = {"phase": name, "answers": len(res["acked"]), "answers_s": len(res["acked"]) / res["wall"],
            "answer_p50": pct(answers, 50), "answer_p99": pct(answers, 99), "all_p50": pct(every, 50),
-           "all_p99": pct(every, 99), "requests": len(log), "errors": len(bad)}
+           "all_p99": pct(every, 99), "requests": len(log), "errors": len(bad),
+           "cpu_ms": 1e3 * res["cpu"] / max(1, len(log))}
     by_kind = {k: [d for kk, d, s in log if kk == k] for k in sorted({k for k, _, _ in log})}
-    print(f"\n{name}: {row['requests']} requests in {res['wall']:.1f} s, {row['errors']} non-200 {bad[:3]}")
+    print(f"\n{name}: {row['requests']} requests in {res['wall']:.1f} s, {row['errors']} non-200 {bad[:3]}; "
+          f"server CPU {row['cpu_ms']:.2f} ms per request")
     for k, ds in by_kind.items():
         print(f"  {k:16s} n={len(ds):6d}  p50 {pct(ds, 50):7.1f} ms  p99 {pct(ds, 99):7.1f} ms")
     return row
@@ -133,19 +142,25 @@ def main() -> None:
     pools = {ph: [db.add_participant(f"{ph}-{i}") for i in range(args.users * per_user)] for ph in ("paced", "flat")}
     db.dispose()
     print(f"suite {suite.name} ({n_prompts} prompts), {args.users} participants per phase, {args.seconds:.0f} s each, "
-          f"database {url}")
-    with serve(suite.name, url, options=("--sealed-per-minute", "1000000"), log=folder / "server.log") as (base, _):
+          f"database {url}; {os.cpu_count()} CPUs, load average before {os.getloadavg()[0]:.1f}")
+    with serve(suite.name, url, options=("--sealed-per-minute", "1000000"), log=folder / "server.log") as (base, proc):
+        cpu0 = cpu_seconds(proc.pid)
         paced = asyncio.run(phase(base, pools["paced"], args.users, args.seconds, args.think, args.seed))
+        cpu1 = cpu_seconds(proc.pid)
         flat = asyncio.run(phase(base, pools["flat"], args.users, args.seconds, 0.0, args.seed + 10_000))
+        cpu2 = cpu_seconds(proc.pid)
+    paced["cpu"], flat["cpu"] = cpu1 - cpu0, cpu2 - cpu1
+    print(f"load average after: {os.getloadavg()[0]:.1f} (other work on this machine inflates the tails)")
     rows = [report(f"paced (think {args.think} s)", paced), report("flat-out", flat)]
     acked = len(paced["acked"]) + len(flat["acked"])
     with sqlite3.connect(folder / "human.sqlite") as con:
         stored = con.execute("SELECT COUNT(*) FROM submissions").fetchone()[0]
-    print("\n| phase | answers | answers/s | answer p50 ms | answer p99 ms | all p50 ms | all p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| phase | answers | answers/s | answer p50 ms | answer p99 ms | all p50 ms | all p99 ms | server CPU "
+          "ms/request | errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['phase']} | {r['answers']} | {r['answers_s']:.1f} | {r['answer_p50']:.1f} | "
-              f"{r['answer_p99']:.1f} | {r['all_p50']:.1f} | {r['all_p99']:.1f} | {r['errors']} |")
+              f"{r['answer_p99']:.1f} | {r['all_p50']:.1f} | {r['all_p99']:.1f} | {r['cpu_ms']:.2f} | {r['errors']} |")
     print(f"\nflat-out / paced: answers/s x{rows[1]['answers_s'] / rows[0]['answers_s']:.2f}, "
           f"answer p99 x{rows[1]['answer_p99'] / rows[0]['answer_p99']:.2f}")
     print(f"stored {stored} == acknowledged {acked}: {'OK' if stored == acked else 'MISMATCH'}; "

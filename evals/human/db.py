@@ -156,8 +156,9 @@ class Database:
     # --- participants and invitations ----------------------------------------------------------------------------
     def add_participant(self, name: str) -> str:
         """Create a participant and return a one-time invitation token."""
-        if not NAME_RE.match(name):
-            raise DbError(f"participant name {name!r}: use 1-40 letters, digits, '_', '.' or '-' (it names export files)")
+        if not NAME_RE.match(name) or name == "team":  # "team" names the pooled export
+            raise DbError(f"participant name {name!r}: use 1-40 letters, digits, '_', '.' or '-' (it names export "
+                          "files), other than 'team'")
         try:
             with self.write() as conn:
                 pid = conn.execute(insert(participants).values(name=name, created=time.time())).inserted_primary_key[0]
@@ -176,7 +177,10 @@ class Database:
             return self._invite(conn, pid, "participant")
 
     def admin_link(self) -> str:
+        """A one-time organiser link; earlier unused ones stop working (one live admin link at a time)."""
         with self.write() as conn:
+            conn.execute(update(invitations).where(invitations.c.role == "admin", invitations.c.used.is_(None))
+                         .values(used=time.time()))
             return self._invite(conn, None, "admin")
 
     @staticmethod
@@ -202,7 +206,11 @@ class Database:
             if row.used is not None:
                 raise DbError("this invitation link was already used: ask the organiser for a new one "
                               "(`logitpred participants link NAME`)")
-            conn.execute(update(invitations).where(invitations.c.token_hash == row.token_hash).values(used=now))
+            # conditional update: of two concurrent redemptions only one changes the row (on any database)
+            done = conn.execute(update(invitations).where(invitations.c.token_hash == row.token_hash,
+                                                          invitations.c.used.is_(None)).values(used=now))
+            if done.rowcount != 1:
+                raise DbError("this invitation link was already used: ask the organiser for a new one")
             session, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
             conn.execute(insert(sessions).values(token_hash=token_hash(session), participant_id=row.participant_id,
                                                  role=row.role, csrf=csrf, created=now, expires=now + SESSION_SECONDS))

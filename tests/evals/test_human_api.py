@@ -96,6 +96,10 @@ def test_login_is_one_time_and_checks_the_form_token(app):
     # a new link for the same person works, and the old unused ones stop working
     first, second = db.new_link("alice"), db.new_link("alice")
     assert db.invitation_state(first) == "used" and db.invitation_state(second) == "valid"
+    first, second = db.admin_link(), db.admin_link()  # one live organiser link at a time
+    assert db.invitation_state(first) == "used" and db.invitation_state(second) == "valid"
+    with pytest.raises(DbError, match="other than 'team'"):
+        db.add_participant("team")  # the pooled export is called team
 
 
 def test_practice_feedback_matches_scipy(app, tiny_suite):
