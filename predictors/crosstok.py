@@ -37,6 +37,7 @@ import numpy as np
 from tasks.paths import data_dir
 
 REST_RULES = ("unigram", "uniform")
+MIN_REST = 1e-6  # as predictors.format.MIN_REST
 MIN_MAPPED_FRACTION = 0.5  # a helper vocabulary mapping less than this is refused as unmappable
 EOT_NAMES = ("<|endoftext|>", "<|end_of_text|>")
 FORMAT = 1  # version of the cached table; bump when the mapping rule changes
@@ -155,8 +156,9 @@ class TokenMap:
                   background: np.ndarray | None = None, chunk: int = 16) -> np.ndarray:
         """Map helper probabilities ``p`` (``(n, helper vocab)``, rows summing to 1) to ``(n, target vocab)`` rows.
 
-        Returns float64 rows summing to 1; the unmapped and uncovered mass sits on tokens with no mapped mass, spread
-        by ``rest``. Tokens with mapped mass get nothing from the rest (the format's rule for a ``top`` list).
+        Returns strictly positive float64 rows summing to 1; the unmapped and uncovered mass (at least ``MIN_REST``)
+        sits on tokens with no mapped mass, spread by ``rest``. Tokens with mapped mass get nothing from the rest (the
+        format's rule for a ``top`` list).
         """
         check_settings(coverage, rest)
         p = np.asarray(p, dtype=np.float64)
@@ -179,7 +181,12 @@ class TokenMap:
             rows = np.repeat(np.arange(block.shape[0]), w.shape[1])
             idx = rows * V + np.tile(self.table[valid], block.shape[0])
             out[a : a + chunk] = np.bincount(idx, weights=w.ravel(), minlength=block.shape[0] * V).reshape(-1, V)
-        left = np.clip(1.0 - out.sum(axis=1), 0.0, None)
+        # As the prediction format does: at least MIN_REST stays for the tokens nothing mapped to, so every row is
+        # strictly positive (a zero where the target has mass would make the KL infinite).
+        total = out.sum(axis=1)
+        scale = np.where(total > 1.0 - MIN_REST, (1.0 - MIN_REST) / np.maximum(total, 1e-300), 1.0)
+        out *= scale[:, None]
+        left = 1.0 - out.sum(axis=1)
         empty = out <= 0
         spread = np.where(empty, bg[None, :], 0.0)
         norm = spread.sum(axis=1, keepdims=True)

@@ -38,3 +38,15 @@ def tiny_suite(target):
     suite = build_suite(PRESETS["tiny"], target.tokenizer, target.identity, target.vocab_size)
     suite.compute_truth(target)
     return suite
+
+
+@pytest.fixture(scope="session")
+def tiny_helper(tiny_suite) -> Path:
+    """A helper distinct from the target: a 1-layer transformer trained for 3 steps on wiki's train part (seconds)."""
+    from predictors.model import trained_helper_dir
+    from predictors.train_helper import TrainConfig, train_helper
+
+    dest = trained_helper_dir("tiny")
+    train_helper(dest, TrainConfig(corpora=("wiki",), steps=3, batch_size=2, context=32, hidden=32, layers=1, heads=2,
+                                   warmup=1, eval_every=3, eval_batches=1))
+    return dest
