@@ -40,6 +40,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/truth.py
 	$(BIN)/python bench/score.py
+	$(BIN)/python bench/inspect_overhead.py
 
 clean:
 	rm -rf .logitpred results/*/ $(VENV)

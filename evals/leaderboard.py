@@ -41,6 +41,9 @@ RELEASE_COLUMNS = {"kl_mean": ("kl_nats", "nearest"), "kl_ci_low": ("kl_nats", "
                    "delta_next": ("kl_nats", "nearest"), "delta_ci_low": ("kl_nats", "down"),
                    "delta_ci_high": ("kl_nats", "up")}
 
+SEALED_NOTE = ("numbers released on the holdout grid (KL step 0.05 nats, rates 0.01; CI bounds rounded outward; "
+               "p-values rounded up to 0.01), so repeated submissions cannot mine the sealed truth.")
+
 
 def _label(run: dict[str, Any]) -> str:
     return run["predictor"].get("label") or run["predictor"]["name"]
@@ -116,7 +119,7 @@ def released(df: pd.DataFrame, steps: dict[str, float] | None = None) -> pd.Data
     for col, (metric, direction) in RELEASE_COLUMNS.items():
         step = holdout.step_for(metric, steps)
         out[col] = [holdout.coarse(v, step, direction) if pd.notna(v) else v for v in out[col]]
-    out["p_wilcoxon"] = [holdout.coarse(v, 0.01, "up") if pd.notna(v) else v for v in out["p_wilcoxon"]]
+    out["p_wilcoxon"] = [max(0.01, holdout.coarse(v, 0.01, "up")) if pd.notna(v) else v for v in out["p_wilcoxon"]]
     return out
 
 
@@ -151,8 +154,7 @@ def to_markdown(df: pd.DataFrame, *, title: str = "") -> str:
                      f"{_fmt(r['kl_ci_high'])}] | {vs} | {_fmt(r['kl_median'])} | {100 * r['top1']:.1f}% | "
                      f"{_fmt(r['ce_realized'])} | {_fmt(r['target_ce_realized'])} |")
     if len(df) and df["split"].iloc[0] == "sealed":
-        lines += ["", "Sealed split: numbers released on the holdout grid (KL step 0.05 nats, rates 0.01; CI bounds "
-                  "rounded outward)."]
+        lines += ["", f"Sealed split: {SEALED_NOTE}"]
     return "\n".join(lines) + "\n"
 
 
@@ -202,7 +204,9 @@ def to_html(df: pd.DataFrame, split: str, *, plots: bool = True, root: Path | No
             "<p>Mean KL(target || prediction) in nats, lower is better; 95% percentile bootstrap CIs over prompts; "
             "each row is compared with the next on the prompts both scored (paired bootstrap CI of the mean "
             "difference, Wilcoxon signed-rank p).</p>",
-            "<h2>By suite</h2>", pivot(df).to_html(classes="board")]
+            "<h2>By suite</h2>", pivot(df).rename_axis(index=None, columns=None).to_html(classes="board")]
+    if split == "sealed":
+        body.insert(2, f"<p><b>Sealed split:</b> {html.escape(SEALED_NOTE)}</p>")
     if plots and len(df):
         body.append(f'<img alt="mean KL per suite" src="{P.data_uri(P.png_bytes(P.suite_bars(df)))}">')
     runs = {r["run_id"]: r for r in read_runs(root)} if plots else {}
