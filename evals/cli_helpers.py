@@ -141,16 +141,17 @@ def approvals(
         recs = load_records()
     except ApprovalError as e:
         fail(str(e))
-    table = Table("key", "system", "level", "suites", "scores (sealed)", "approved at", "status",
+    table = Table("system", "level", "suites", "scores (sealed)", "approved at", "status",
                   title=f"approvals in {registry_path()}")
+    table.add_column("key", no_wrap=True, min_width=16)
     for r in recs:
         if not r.valid and not all_records:
             continue
         scores = "; ".join(f"{s}: {c['metric']} {c['estimate']:.2f}≤{c['threshold']}"
                            for s, v in r.scores.items() for c in v["checks"])
         sysname = r.system["name"] + (f" {json.dumps(r.system['options'])}" if r.system["options"] else "")
-        table.add_row(r.key, sysname, str(r.level), ", ".join(s["name"] for s in r.suites), scores,
-                      r.approved_at[:19], "valid" if r.valid else f"revoked {r.revoked_at[:19]}")
+        table.add_row(sysname, str(r.level), ", ".join(s["name"] for s in r.suites), scores,
+                      r.approved_at[:19], "valid" if r.valid else f"revoked {r.revoked_at[:19]}", r.key)
     out.print(table)
 
 
