@@ -319,7 +319,7 @@ def predictors_list() -> None:
 
 
 # Each area of the harness adds its commands from its own module: ``register(app, suite_app, predictors_app)``.
-COMMAND_MODULES: tuple[str, ...] = ("evals.cli_human", "evals.cli_eval", "evals.cli_helpers")
+COMMAND_MODULES: tuple[str, ...] = ("evals.cli_human", "evals.cli_eval", "evals.cli_helpers", "evals.cli_corpus")
 for _module in COMMAND_MODULES:
     __import__(_module, fromlist=["register"]).register(app, suite_app, predictors_app)
 
