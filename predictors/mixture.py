@@ -94,6 +94,33 @@ def _kl_rows(truth_logp: np.ndarray, q: np.ndarray) -> np.ndarray:
         return np.where(p > 0, p * (truth_logp - np.log(q)), 0.0).sum(axis=1)
 
 
+def mixture_objective(theta: np.ndarray, P: np.ndarray, logp: np.ndarray, available: np.ndarray,
+                      temperature: bool = True) -> tuple[float, np.ndarray]:
+    """Mean KL(truth || mixture) and its gradient in the free parameters ``theta`` = (a_1..a_k[, b]).
+
+    Weights are ``exp(a)`` renormalised over each prompt's available members, beta = exp(b) (or 1)."""
+    k, n, _ = P.shape
+    p = np.exp(logp)
+    a, b = theta[:k], (theta[k] if temperature else 0.0)
+    W = _row_weights(np.exp(a - a.max()), available, n)  # (n, k)
+    beta = float(np.exp(b))
+    m = np.einsum("nk,knv->nv", W, P)
+    with np.errstate(divide="ignore"):
+        logm = np.log(m)
+    z = beta * logm
+    z -= z.max(axis=1, keepdims=True)
+    q = np.exp(z)
+    q /= q.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = float(np.where(p > 0, p * (logp - np.log(q)), 0.0).sum() / n)
+        g = np.where(m > 0, beta * (q - p) / m, 0.0)
+    # dKL/da_i = mean_n W_ni sum_v g_nv P_inv   (the - m_nv term vanishes: sum_v g_nv m_nv = beta sum_v (q - p) = 0)
+    grad = [(W.T * np.einsum("knv,nv->kn", P, g)).sum(axis=1) / n]
+    if temperature:
+        grad.append([beta * float(((q - p) * np.where(m > 0, logm, 0.0)).sum() / n)])
+    return value, np.concatenate(grad)
+
+
 def fit_mixture(members: Sequence[np.ndarray], truth_logp: np.ndarray, *, available: np.ndarray | None = None,
                 temperature: bool = True, max_iter: int = 200) -> MixtureFit:
     """Weights (and temperature, unless ``temperature=False``) minimising mean KL(truth || mixture).
@@ -110,32 +137,9 @@ def fit_mixture(members: Sequence[np.ndarray], truth_logp: np.ndarray, *, availa
     mask = np.ones((k, n), dtype=bool) if available is None else np.asarray(available, dtype=bool)
     if mask.shape != (k, n):
         raise ValueError(f"available must have shape (members, prompts) = {(k, n)}, got {mask.shape}")
-    p = np.exp(logp)
-    neg_entropy = float(np.where(p > 0, p * logp, 0.0).sum() / n)
-
-    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        a, b = theta[:k], (theta[k] if temperature else 0.0)
-        W = _row_weights(np.exp(a - a.max()), mask, n)  # (n, k)
-        beta = float(np.exp(b))
-        m = np.einsum("nk,knv->nv", W, P)
-        with np.errstate(divide="ignore"):
-            logm = np.log(m)
-        z = beta * logm
-        z -= z.max(axis=1, keepdims=True)
-        q = np.exp(z)
-        q /= q.sum(axis=1, keepdims=True)
-        value = neg_entropy - float((p * np.log(np.maximum(q, 1e-300))).sum() / n)
-        diff = q - p
-        with np.errstate(invalid="ignore", divide="ignore"):
-            g = np.where(m > 0, beta * diff / m, 0.0)
-        # dKL/da_i = mean_n W_ni sum_v g_nv P_inv   (the - m_nv term vanishes: sum_v g_nv m_nv = beta sum_v diff = 0)
-        grad = [(W.T * np.einsum("knv,nv->kn", P, g)).sum(axis=1) / n]
-        if temperature:
-            grad.append([beta * float((diff * np.where(m > 0, logm, 0.0)).sum() / n)])
-        return value, np.concatenate(grad)
-
     theta0 = np.zeros(k + (1 if temperature else 0))
-    res = minimize(loss, theta0, jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+    res = minimize(mixture_objective, theta0, args=(P, logp, mask, temperature), jac=True, method="L-BFGS-B",
+                   options={"maxiter": max_iter})
     a = res.x[:k]
     w = np.exp(a - a.max())
     w /= w.sum()
