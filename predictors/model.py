@@ -111,6 +111,15 @@ def helper_identity(path: Path) -> dict[str, str]:
     return dict(_identity_cached(str(path), (st.st_mtime_ns, st.st_size)))
 
 
+def _converted_from(path: Path) -> str:
+    """The GGUF hash a float32 cache folder was converted from (``tasks.target``'s marker), so the target's own
+    converted copy is recognised as the target. Other re-saved copies of the target are not detected (left out)."""
+    marker = path / "logitpred-source.json"
+    if path.is_dir() and marker.is_file():
+        return str(json.loads(marker.read_text()).get("sha256", ""))
+    return ""
+
+
 @dataclass
 class Helper:
     """A loaded helper model with its tokenizer, identity and BOS convention."""
@@ -192,7 +201,7 @@ class ModelPredictor:
         self.max_context = max_context or helper_context(path)
         self.helper_identity = helper_identity(path)
         target_w = ctx.target_weights_sha256
-        if target_w and self.helper_identity["weights_sha256"] == target_w:
+        if target_w and target_w in (self.helper_identity["weights_sha256"], _converted_from(path)):
             raise HelperError(f"helper {path} has the same weights as the suite's target "
                               f"({target_w[:16]}): a predictor may never run the target model")
         self.same_tokenizer = self.helper_identity["tokenizer_sha256"] == ctx.tokenizer_sha256

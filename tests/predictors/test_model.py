@@ -67,6 +67,11 @@ def test_the_target_itself_is_refused(ctx):
 
     with pytest.raises(HelperError, match="same weights as the suite's target"):
         create("model", ctx, path=str(default_target_path()))
+    from tasks.target import _materialize
+
+    folder, _ = _materialize(default_target_path())  # the float32 copy in the model cache is the target too
+    with pytest.raises(HelperError, match="same weights as the suite's target"):
+        create("model", ctx, path=str(folder))
 
 
 def test_a_helper_with_another_tokenizer_is_mapped(ctx, prompts, tmp_path):
