@@ -32,6 +32,8 @@ LEVEL0 = {"uniform", "unigram", "ngram", "ngram-domain", "suffix", "mixture"}
 LEVEL0_PREFIXES = ("human", "file:")  # humans (web form, exported files) and files of predictions made elsewhere
 # Option keys under which a composite names its members (``mixture`` of issue 4 and ``composite`` here).
 MEMBER_KEYS = ("members", "components", "predictors")
+NON_OUTPUT_OPTIONS = ("batch_size", "cache", "progress")
+COMPOSITE_DEFAULTS = {"composite": {"kind": "mixture", "temperature": True}, "mixture": {"temperature": True}}
 
 
 def declare_level0(name: str) -> None:
@@ -148,16 +150,19 @@ def system_identity(name: str, options: dict[str, Any] | None = None) -> dict[st
     """Identity of a system: what an approval is bound to. ``key`` is a 16-hex digest of the rest.
 
     Models are identified by weights and tokenizer hashes (``predictors.model.helper_identity``), so the same weights
-    under another path or name are the same system; composites by their kind, fitted-weight settings and members'
-    identities; anything else by its name and options.
+    under another path or name are the same system, plus the settings that change their output (mapping coverage,
+    smoothing, rest rule, context); composites by their kind, fitting settings and members' identities; anything
+    else by its name and options. Options that do not change outputs (batch size, caching, progress) are left out.
     """
     options = dict(options or {})
-    from .model import MODEL_PREDICTORS, helper_identity
+    from .model import MODEL_PREDICTORS, helper_identity, output_settings
 
     if name in MODEL_PREDICTORS:
-        ident = {"kind": "model", **helper_identity(MODEL_PREDICTORS[name](options))}
+        path = MODEL_PREDICTORS[name](options)
+        ident = {"kind": "model", **helper_identity(path), "settings": output_settings(path, options)}
     elif members_of(options):
-        rest = {k: v for k, v in options.items() if k not in MEMBER_KEYS}
+        rest = {**COMPOSITE_DEFAULTS.get(name, {}),
+                **{k: v for k, v in options.items() if k not in (*MEMBER_KEYS, *NON_OUTPUT_OPTIONS)}}
         ident = {"kind": "composite", "name": name, "settings": rest,
                  "members": [system_identity(n, o)["key"] for n, o in members_of(options)]}
     else:

@@ -82,6 +82,19 @@ def resolve_helper_path(spec: str | Path) -> Path:
     return path
 
 
+DEFAULT_SETTINGS = {"coverage": 1.0, "smoothing": 1e-3, "rest": "unigram"}  # options that change the output
+
+
+def output_settings(path: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """The output-changing settings of a helper predictor, defaults filled in (part of its approval identity)."""
+    from .train_helper import helper_context
+
+    known = {k: options[k] for k in (*DEFAULT_SETTINGS, "max_context") if k in options}
+    out = {**DEFAULT_SETTINGS, **known}
+    out["max_context"] = out.get("max_context") or helper_context(path)
+    return out
+
+
 # Predictor names that run a helper model, each with how its options give the model's path.
 MODEL_PREDICTORS: dict[str, Callable[[dict[str, Any]], Path]] = {
     "model": lambda o: resolve_helper_path(o["path"]) if "path" in o else _need_path(),
@@ -186,8 +199,9 @@ class _Item:  # what compute_truth needs of a prompt; each prompt is its own "do
 class ModelPredictor:
     """A helper LM as a predictor: full-vocabulary predictions over the target's tokens, cached on disk."""
 
-    def __init__(self, ctx: PredictorContext, name: str, path: Path, *, batch_size: int = 8, coverage: float = 1.0,
-                 smoothing: float = 1e-3, rest: str = "unigram", cache: bool = True, progress: bool = False,
+    def __init__(self, ctx: PredictorContext, name: str, path: Path, *, batch_size: int = 8,
+                 coverage: float = DEFAULT_SETTINGS["coverage"], smoothing: float = DEFAULT_SETTINGS["smoothing"],
+                 rest: str = DEFAULT_SETTINGS["rest"], cache: bool = True, progress: bool = False,
                  max_context: int | None = None) -> None:
         from .crosstok import check_settings
         from .train_helper import helper_context

@@ -62,6 +62,9 @@ def test_identity_follows_the_weights_not_the_name(tiny_helper):
     by_name = system_identity("tiny-helper")
     by_path = system_identity("model", {"path": str(tiny_helper)})
     assert by_name["weights_sha256"] == by_path["weights_sha256"] and by_name["key"] == by_path["key"]
+    assert system_identity("tiny-helper", {"batch_size": 2, "cache": False})["key"] == by_name["key"]
+    # an output-changing setting makes another system: an approval of one does not cover the other
+    assert system_identity("tiny-helper", {"smoothing": 0.1})["key"] != by_name["key"]
 
 
 def test_approve_evidence_and_revoke(registry, tiny_suite, tiny_helper):
