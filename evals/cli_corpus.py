@@ -64,6 +64,7 @@ def predictors_indexes() -> None:
     from tasks.paths import data_dir
 
     table = Table("index", "corpora (train tokens)", "params", "MB", "built in", "built")
+    table.columns[0].no_wrap = True
     for manifest_path in sorted((data_dir() / "indexes").glob("*/manifest.json")):
         try:
             m = json.loads(manifest_path.read_text())

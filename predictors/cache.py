@@ -55,3 +55,21 @@ def prompt_cache(contexts: Sequence[Sequence[int]], vocab_size: int, *, max_k: i
             rows[k, i] /= rows[k, i].sum()
             available[k, i] = True
     return rows, available
+
+
+def longest_prompt_match(tokens: Sequence[int], max_len: int = 256) -> tuple[int, np.ndarray, np.ndarray]:
+    """(L, token ids, counts): the longest suffix x_{n-L+1..n} that also occurs earlier in the prompt (followed by a
+    token inside it), and the tokens that followed its earlier occurrences. L = 0 (and empty arrays) if none."""
+    x = np.asarray(tokens, dtype=np.int64)
+    n = x.size
+    j = np.arange(max(n - 1, 0))
+    match = np.ones(j.size, dtype=bool)
+    best = (0, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    for k in range(1, min(n - 1, max_len) + 1):
+        match &= j >= k - 1
+        match[match] &= x[j[match] - (k - 1)] == x[n - k]
+        if not match.any():
+            break
+        tok, cnt = np.unique(x[j[match] + 1], return_counts=True)
+        best = (k, tok, cnt)
+    return best

@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from predictors.cache import longest_prompt_match
 from predictors.ngram import NGramModel, build_tables
 from predictors.suffix import SuffixIndex, SuffixPredictor, build_suffix_array
 
@@ -68,22 +69,47 @@ def test_predictor_blends_long_matches_and_never_gives_zero() -> None:
     tokens, offsets = _flat(docs)
     arrays = build_suffix_array(tokens, offsets, V)
     ngram = NGramModel(build_tables(tokens, offsets, order, V), order, V)
-    p = SuffixPredictor("suffix", SuffixIndex(arrays["rev"], arrays["sa"], V), ngram, {}, beta=1.0, min_count=1)
+    p = SuffixPredictor("suffix", SuffixIndex(arrays["rev"], arrays["sa"], V), ngram, {}, beta=1.0, min_count=1,
+                        prompt=False)
     from predictors.base import PromptView
 
     long_ctx = (0, 1, 2, 3, 4, 5)  # occurs once, followed by 0
     short_ctx = (5, 5)  # only the last token matches: below the n-gram's order the n-gram is returned unchanged
     preds = p.predict([PromptView("a", "", long_ctx), PromptView("b", "", short_ctx)])
     base = ngram.distributions([long_ctx, short_ctx])
-    assert p.last_matches[0] >= order
+    assert p.last_matches[0][0] >= order
     lam = 1 / (1 + 1.0)  # one continuation, beta = 1
     expected = (1 - lam) * base[0]
     expected[0] += lam
     np.testing.assert_allclose(preds[0].probs, expected, atol=1e-15)
-    assert p.last_matches[1] == 1
+    assert p.last_matches[1][0] == 1
     np.testing.assert_array_equal(preds[1].probs, base[1])
     for pr in preds:
         assert np.all(pr.probs > 0) and pr.probs.sum() == pytest.approx(1.0, abs=1e-12)
+
+    # with the prompt searched too: "5 5" occurred earlier in this prompt, followed by 1 and then by 5
+    p.prompt = True
+    ctx = (5, 5, 1, 5, 5, 5)
+    pred = p.predict([PromptView("c", "", ctx)])[0].probs
+    assert p.last_matches[0] == (1, 2)
+    lam = min(0.1 * 2, 0.4)
+    expected = (1 - lam) * ngram.distributions([ctx])[0]
+    expected[[1, 5]] += lam * 0.5
+    np.testing.assert_allclose(pred, expected, atol=1e-15)
+
+
+def test_longest_prompt_match_against_brute_force() -> None:
+    rng = random.Random(5)
+    for _ in range(200):
+        x = [rng.randrange(3) for _ in range(rng.randint(0, 15))]
+        L, tok, cnt = longest_prompt_match(x)
+        exp_L, nxt = 0, Counter()
+        for k in range(1, len(x)):
+            occ = [j for j in range(k - 1, len(x) - 1) if x[j - k + 1 : j + 1] == x[-k:]]
+            if not occ:
+                break
+            exp_L, nxt = k, Counter(x[j + 1] for j in occ)
+        assert L == exp_L and dict(zip(tok.tolist(), cnt.tolist(), strict=True)) == dict(nxt), x
 
 
 def test_factory_rejects_bad_options(tiny_suite) -> None:
