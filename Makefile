@@ -45,6 +45,7 @@ bench: setup
 	$(BIN)/python bench/score.py
 	$(BIN)/python bench/inspect_overhead.py
 	$(BIN)/python bench/helpers.py
+	$(BIN)/python bench/ngram.py
 
 clean:
 	rm -rf .logitpred results/*/ $(VENV)
