@@ -147,8 +147,8 @@ def approvals(
     for r in recs:
         if not r.valid and not all_records:
             continue
-        scores = "; ".join(f"{s}: {c['metric']} {c['estimate']:.2f}≤{c['threshold']}"
-                           for s, v in r.scores.items() for c in v["checks"])
+        scores = "; ".join(f"{s}: {c['metric']} {c['estimate']:.2f} (bound {c['bound']:.2f} {c['op']} "
+                           f"{c['threshold']})" for s, v in r.scores.items() for c in v["checks"])
         sysname = r.system["name"] + (f" {json.dumps(r.system['options'])}" if r.system["options"] else "")
         table.add_row(sysname, str(r.level), ", ".join(s["name"] for s in r.suites), scores,
                       r.approved_at[:19], "valid" if r.valid else f"revoked {r.revoked_at[:19]}", r.key)
