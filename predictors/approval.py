@@ -9,7 +9,7 @@ a new system with its own identity, so its members' records never approve it.
 The registry is a versioned JSON file, ``<data_dir>/approvals.json`` (format ``logitpred-approvals/1``), written
 atomically. Each record holds the system (predictor name and options), its identity, level, the suites and thresholds
 of the evaluation, the scores and the evidence runs. Records are never deleted: ``revoke`` marks them revoked, and
-``approve`` of the same identity appends a newer record. How a helper is evaluated lives in ``predictors.approve``.
+``approve`` of the same identity appends a newer record. How a system is evaluated lives in ``evals/approve.py``.
 
 Left out: signatures on records (anyone who can write the data dir can forge one); approval expiry.
 """

@@ -187,3 +187,27 @@ def test_cli_gate_explore_approve_list_revoke(registry, tiny_suite, tiny_helper,
     assert key in out and "revoked" in out
     code, out = invoke("revoke", "nothing-like-this")
     assert code == 2 and "no valid approval" in out
+
+
+def test_a_model_whose_vocabulary_cannot_be_mapped(registry, tiny_suite, tmp_path):
+    """A real (random, tiny) Llama whose tokenizer has only special tokens: nothing of it maps onto the target."""
+    import torch
+    from tokenizers import Tokenizer, models
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from predictors.crosstok import MappingError
+
+    words = ["<a>", "<b>", "<c>", "<d>"]
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)},
+                                                                              unk_token="<a>")),
+                                  unk_token="<a>", bos_token="<b>", additional_special_tokens=words[2:])
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=4, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                 num_attention_heads=1, num_key_value_heads=1)).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    with pytest.raises(MappingError, match="cannot be mapped"):
+        approve("model", {"path": str(tmp_path / "m")}, ["tiny"], approvers=FAST, thresholds=LENIENT)
+    assert not registry.exists()
+    code, out = invoke("approve", "model", "-O", f"path={tmp_path / 'm'}", "--suite", "tiny")
+    assert code == 2 and "cannot be mapped" in out and "nothing was written" in out
+    assert not registry.exists()
