@@ -78,7 +78,16 @@ def suite_build(
     """Cut a held-out prompt suite from a corpus and compute the target's truth for it; prints the sealed commitment."""
     import dataclasses
 
-    from tasks import PRESETS, CorpusError, SuiteConfig, SuiteError, TargetError, build_suite, load_suite, load_target
+    from tasks import (
+        PRESETS,
+        CorpusError,
+        SuiteConfig,
+        SuiteError,
+        TargetError,
+        build_suite,
+        load_suite,
+        load_target,
+    )
 
     base = PRESETS.get(name)
     if base is None and corpus is None:

@@ -5,7 +5,15 @@
 """
 
 from .base import Predictor, PredictorContext, PromptView, available, create, register, view
-from .format import Prediction, PredictionError, ValidatedPredictions, densify, read_jsonl, validate, write_jsonl
+from .format import (
+    Prediction,
+    PredictionError,
+    ValidatedPredictions,
+    densify,
+    read_jsonl,
+    validate,
+    write_jsonl,
+)
 
 __all__ = [
     "Prediction", "PredictionError", "Predictor", "PredictorContext", "PromptView", "ValidatedPredictions",
