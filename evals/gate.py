@@ -298,7 +298,9 @@ def evaluate_suite(cfg: GateConfig, spec: SuiteSpec, suite: Any) -> dict[str, An
     if sealed:  # the team label was counted by ``score``; the members whose predictions were used count too
         counts[cfg.team_label] = result.summary["holdout"]["submission"]
         for m in used:
-            counts[m.label] = holdout.record(suite, m.label, run_id=result.summary["run_id"], via="gate")
+            # the same team predictions again (an identical re-run) tell nothing new about the members either
+            counts[m.label] = holdout.record(suite, m.label, run_id=result.summary["run_id"], via="gate",
+                                             digest=result.summary["holdout"]["predictions_sha256"])
     checks = []
     for t in spec.thresholds:
         step = holdout.step_for(t.metric, cfg.steps) if sealed else None

@@ -47,22 +47,29 @@ def _suite_key(suite: Any) -> tuple[str, str]:
     return suite.name, suite.commitment or ""
 
 
-def record(suite: Any, predictor: str, *, run_id: str | None = None, via: str = "score") -> int:
-    """Append one sealed submission of ``predictor`` on ``suite``; return its count including this one."""
+def record(suite: Any, predictor: str, *, run_id: str | None = None, via: str = "score",
+           digest: str | None = None) -> int:
+    """Append one sealed submission of ``predictor`` on ``suite``; return its count including this one.
+
+    ``digest`` identifies the predictions scored (e.g. sha256 of the validated distributions). Scoring exactly the same
+    predictions again reveals nothing new about the holdout, so such a repeat (``make run`` twice) is not counted again.
+    """
     path = ledger_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     name, commitment = _suite_key(suite)
     line = {"time": datetime.now(UTC).isoformat(), "suite": name, "commitment": commitment, "predictor": predictor,
-            "run_id": run_id, "via": via}
+            "run_id": run_id, "via": via, "digest": digest}
     with open(path, "a+", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # count and append as one step
         f.seek(0)
-        n = sum(1 for row in _rows(f) if (row["suite"], row["commitment"], row["predictor"]) ==
-                (name, commitment, predictor))
-        f.write(json.dumps(line) + "\n")
-        f.flush()
+        mine = [row for row in _rows(f) if (row["suite"], row["commitment"], row["predictor"]) ==
+                (name, commitment, predictor)]
+        repeat = digest is not None and any(row.get("digest") == digest for row in mine)
+        if not repeat:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
         fcntl.flock(f, fcntl.LOCK_UN)
-    return n + 1
+    return len(mine) + (0 if repeat else 1)
 
 
 def count(suite: Any, predictor: str) -> int:

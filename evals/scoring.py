@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -93,7 +96,9 @@ def score(suite: Suite, split: str, preds: ValidatedPredictions, *, predictor: d
     if split == "sealed":  # holdout hygiene: every sealed scoring is counted per predictor (evals/holdout.py)
         from .holdout import record
 
-        summary["holdout"] = {"submission": record(suite, predictor.get("label") or name, run_id=summary["run_id"])}
+        digest = hashlib.sha256(json.dumps(preds.prompt_ids).encode() + preds.probs.tobytes()).hexdigest()
+        summary["holdout"] = {"submission": record(suite, predictor.get("label") or name, run_id=summary["run_id"],
+                                                   digest=digest), "predictions_sha256": digest}
     run_dir = records.write_run(summary, per_prompt, root=results_root) if write else None
     return Score(per_prompt, summary, preds.errors, run_dir)
 

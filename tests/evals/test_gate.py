@@ -103,6 +103,10 @@ def test_mixture_rule_is_the_declared_mixture(env, tiny_suite):
 def test_submission_limit_refuses_before_running(env, tiny_suite):
     path = config(env, BASE.format(name="lim", rule="best-on-practice", kl=20, limit=2))
     assert gate(path)[0] == 0 and gate(path)[0] == 0
+    # the same predictions scored twice reveal nothing new: the team's second, identical submission is not counted
+    assert holdout.count(tiny_suite, "team:lim") == 1 and holdout.count(tiny_suite, "unigram") == 1
+    path = config(env, BASE.format(name="lim", rule="mixture", kl=20, limit=2))  # new predictions, same team
+    assert gate(path)[0] == 0
     assert holdout.count(tiny_suite, "team:lim") == 2 and holdout.count(tiny_suite, "unigram") == 2
     runs_before = len(list((env / "results").glob("*/summary.json")))
     code, out, report = gate(path)

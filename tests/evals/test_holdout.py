@@ -60,10 +60,13 @@ def test_ledger_counts_per_predictor_and_commitment_with_concurrent_writers(ledg
 
 def test_sealed_scoring_is_counted_practice_is_not(tiny_suite, ledger):
     vocab, bg = tiny_suite.vocabulary, tiny_suite.background
-    for split in ("practice", "sealed", "sealed"):
+    for split, rest in (("practice", "unigram"), ("sealed", "unigram"), ("sealed", "uniform")):
         ids = [p.id for p in tiny_suite.prompts(split)]
-        q = np.stack([densify(Prediction(i, {}, "unigram"), vocab, bg) for i in ids])
+        q = np.stack([densify(Prediction(i, {}, rest), vocab, bg) for i in ids])
         result = score(tiny_suite, split, ValidatedPredictions(ids, q, [], []), predictor={"name": "counted"})
     assert holdout.count(tiny_suite, "counted") == 2
     assert result.summary["holdout"]["submission"] == 2
     assert ledger.read_text().count(result.summary["run_id"]) == 1
+    # the very same predictions scored again reveal nothing new: not counted again
+    again = score(tiny_suite, "sealed", ValidatedPredictions(ids, q, [], []), predictor={"name": "counted"})
+    assert again.summary["holdout"]["submission"] == 2 and holdout.count(tiny_suite, "counted") == 2
