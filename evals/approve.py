@@ -121,13 +121,9 @@ def _check_suites(names: Sequence[str]) -> list[Any]:
 
 
 def _dense(suite: Any, split: str, predictor: Any) -> np.ndarray:
-    from predictors import validate
+    from .scoring import predict_validated
 
-    from .scoring import predict_split
-
-    preds = predict_split(suite, split, predictor)
-    checked = validate([(None, x) for x in preds], [p.id for p in suite.prompts(split)], suite.vocabulary,
-                       suite.background)
+    checked = predict_validated(suite, split, predictor)
     if checked.errors or checked.missing:
         raise ApprovalError(f"{predictor.name} on {suite.name}/{split}: {len(checked.errors)} invalid and "
                             f"{len(checked.missing)} missing predictions; first: {(checked.errors or checked.missing)[0]}")

@@ -277,9 +277,9 @@ def run(
                                                         "marked unapproved.")] = False,
 ) -> None:
     """Run predictors in-process on a built suite, validate and score their predictions, and print the leaderboard."""
-    from predictors import PredictorContext, create, validate
+    from predictors import PredictorContext, create
 
-    from .scoring import predict_split
+    from .scoring import predict_validated
     from .scoring import score as do_score
 
     s = _load_suite(suite)
@@ -296,8 +296,7 @@ def run(
         for sp in splits:
             with progress() as bar:
                 task = bar.add_task(f"{name} on {s.name}/{sp}", total=s.manifest["sizes"][sp])
-                preds = predict_split(s, sp, p, on_progress=lambda n, t=task: bar.advance(t, n))
-            checked = validate([(None, x) for x in preds], [q.id for q in s.prompts(sp)], s.vocabulary, s.background)
+                checked = predict_validated(s, sp, p, on_progress=lambda n, t=task: bar.advance(t, n))
             meta = {"name": name, "options": {}, **getattr(p, "identity", lambda: {})(), **approval}
             result = do_score(s, sp, checked, predictor=meta, seed=seed)
             kl = _released(sp, "kl_nats", *result.summary["metrics"]["kl_nats"]["mean"])

@@ -241,14 +241,12 @@ def check_holdout(cfg: GateConfig, suites: dict[str, Any]) -> None:
 
 
 def _predict(suite: Any, split: str, member: Member) -> Any:
-    from predictors import PredictorContext, create, validate
+    from predictors import PredictorContext, create
 
-    from .scoring import ScoringError, predict_split
+    from .scoring import ScoringError, predict_validated
 
     p = create(member.name, PredictorContext.from_suite(suite), **member.options)
-    preds = predict_split(suite, split, p)
-    checked = validate([(None, x) for x in preds], [q.id for q in suite.prompts(split)], suite.vocabulary,
-                       suite.background)
+    checked = predict_validated(suite, split, p)
     if checked.errors or checked.missing:
         raise ScoringError(f"{member.label} on {suite.name}/{split}: {len(checked.errors)} invalid prediction(s), "
                            f"{len(checked.missing)} missing; first: {(checked.errors or checked.missing)[0]}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -117,3 +116,10 @@ def predict_split(suite: Suite, split: str, predictor: Predictor, *, batch_size:
         if on_progress:
             on_progress(len(batch))
     return out
+
+
+def predict_validated(suite: Suite, split: str, predictor: Predictor, *, on_progress: Any = None) -> ValidatedPredictions:
+    """Run a predictor over a split and validate its predictions at the boundary, as a file would be."""
+    preds = predict_split(suite, split, predictor, on_progress=on_progress)
+    return validate([(None, x) for x in preds], [p.id for p in suite.prompts(split)], suite.vocabulary,
+                    suite.background)

@@ -17,7 +17,6 @@ from predictors.approval import (
     ApprovalError,
     approval_status,
     load_records,
-    registry_path,
     revoke,
     system_identity,
 )
@@ -31,14 +30,6 @@ FAST = ["uniform", "unigram"]
 def invoke(*args):
     result = runner.invoke(app, list(args))
     return result.exit_code, " ".join(result.output.split())
-
-
-@pytest.fixture
-def registry(data_home):
-    path = registry_path()
-    path.unlink(missing_ok=True)
-    yield path
-    path.unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("name, options", [

@@ -10,19 +10,11 @@ from scipy.stats import entropy
 
 from evals.approve import approve
 from predictors import PredictorContext, create, densify, view
-from predictors.approval import approval_status, registry_path, system_identity
+from predictors.approval import approval_status, system_identity
 from predictors.composite import apply_product, fit_product, parse_member
 
 LENIENT = {"kl_nats": {"max": 50.0}}
 MEMBERS = ["unigram", "tiny-helper"]
-
-
-@pytest.fixture
-def registry(data_home):
-    path = registry_path()
-    path.unlink(missing_ok=True)
-    yield path
-    path.unlink(missing_ok=True)
 
 
 def _synthetic(seed: int = 0, n: int = 40, V: int = 50) -> tuple[list[np.ndarray], np.ndarray]:
