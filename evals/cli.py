@@ -230,12 +230,16 @@ def score(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
 ) -> None:
     """Validate and score a predictions file; writes results/<run-id>/ (per-prompt CSV, summary JSON)."""
+    from .holdout import HoldoutError
     from .scoring import ScoringError, load_file
     from .scoring import score as do_score
 
     s = _load_suite(suite)
     meta_path = Path(str(file) + ".meta.json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"name": file.stem}
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"name": file.stem}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        fail(f"{meta_path} is not valid JSON ({e}): fix or delete it, and name the predictor with --name")
     if name:
         meta["label"] = name
     try:
@@ -249,14 +253,17 @@ def score(
         result = do_score(s, split, preds, predictor=meta, strict=strict, seed=seed, source=file)
     except SuiteError as e:
         fail(str(e))
-    except ScoringError as e:
+    except (ScoringError, HoldoutError) as e:
         fail(str(e), code=1)
     m = result.summary["metrics"]
     table = Table("metric", "mean [95% CI]", "median", "p90", "max", title=f"{meta.get('label', meta['name'])} on "
                   f"{s.name}/{split}: {result.summary['n_scored']} scored, {len(preds.errors)} rejected, "
                   f"{len(preds.missing)} missing")
-    for key in ("kl_nats", "kl_bits", "reverse_kl_nats", "js_bits", "tv", "brier", "top1", "top10_overlap",
-                "ce_realized_nats", "target_ce_realized_nats", "target_entropy_nats"):
+    keys = ["kl_nats", "kl_bits", "reverse_kl_nats", "js_bits", "tv", "brier", "top1", "top10_overlap",
+            "ce_realized_nats", "target_ce_realized_nats", "target_entropy_nats"]
+    if split == "sealed":  # target-side values are functions of the sealed truth alone: not shown
+        keys = [k for k in keys if not k.startswith("target_")]
+    for key in keys:
         v = m[key]
         mean, med, p90, mx = (_released(split, key, *v[st]) for st in ("mean", "median", "p90", "max"))
         table.add_row(key, f"{mean[0]:.4f} [{mean[1]:.4f}, {mean[2]:.4f}]", f"{med[0]:.4f}", f"{p90[0]:.4f}",
@@ -278,8 +285,10 @@ def run(
 ) -> None:
     """Run predictors in-process on a built suite, validate and score their predictions, and print the leaderboard."""
     from predictors import PredictorContext, create
+    from tasks import SuiteError
 
-    from .scoring import predict_validated
+    from .holdout import HoldoutError
+    from .scoring import ScoringError, predict_validated
     from .scoring import score as do_score
 
     s = _load_suite(suite)
@@ -298,7 +307,10 @@ def run(
                 task = bar.add_task(f"{name} on {s.name}/{sp}", total=s.manifest["sizes"][sp])
                 checked = predict_validated(s, sp, p, on_progress=lambda n, t=task: bar.advance(t, n))
             meta = {"name": name, "options": {}, **getattr(p, "identity", lambda: {})(), **approval}
-            result = do_score(s, sp, checked, predictor=meta, seed=seed)
+            try:
+                result = do_score(s, sp, checked, predictor=meta, seed=seed)
+            except (ScoringError, SuiteError, HoldoutError) as e:
+                fail(f"{name} on {s.name}/{sp}: {e}", code=1)
             kl = _released(sp, "kl_nats", *result.summary["metrics"]["kl_nats"]["mean"])
             console.print(f"{name} {s.name}/{sp}: mean KL {kl[0]:.3f} nats [{kl[1]:.3f}, {kl[2]:.3f}]"
                           f" ({len(checked.errors)} rejected) -> {result.run_dir}")

@@ -37,6 +37,11 @@ class HoldoutError(RuntimeError):
     """A predictor has used up its sealed submissions for a suite."""
 
 
+def default_limit() -> int:
+    """Sealed scorings allowed per predictor and suite outside the gate: ``$LOGITPRED_SEALED_LIMIT``, default 20."""
+    return int(os.environ.get("LOGITPRED_SEALED_LIMIT", "20"))
+
+
 def ledger_path() -> Path:
     """``$LOGITPRED_LEDGER`` if set (e.g. a location predictors cannot write), else under the data dir."""
     env = os.environ.get("LOGITPRED_LEDGER")
@@ -96,9 +101,13 @@ def check(suite: Any, predictor: str, limit: int | None) -> int:
 
 
 def _rows(lines: Iterable[str]) -> Iterable[dict[str, Any]]:
-    for line in lines:
+    for n, line in enumerate(lines, 1):
         if line.strip():
-            yield json.loads(line)
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as e:
+                raise HoldoutError(f"holdout ledger {ledger_path()} line {n} is corrupted ({e.msg}): the count of sealed "
+                                   "submissions cannot be trusted; restore the file from a backup") from e
 
 
 # --- coarse release ---------------------------------------------------------------------------------------------------

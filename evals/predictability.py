@@ -44,7 +44,8 @@ from tasks import load_suite
 
 # The target's log-probability of a sealed realized token is itself sealed truth (and with the logged top candidates
 # the realized-token loss would name the token): sealed logs leave both out; ``logitpred score`` keeps them harness-side.
-SEALED_OMIT = ("ce_realized_nats", "target_ce_realized_nats")
+# target-side per-prompt values are functions of the sealed truth alone: never in a sealed log
+SEALED_OMIT = ("ce_realized_nats", "target_ce_realized_nats", "target_entropy_nats")
 
 
 @metric
@@ -125,6 +126,8 @@ def predictability(suite: str = "wiki", split: str = "practice", max_submissions
     s = load_suite(suite)
     if split == "sealed":
         s.verify_commitment()  # before anything is generated or scored
+        if max_submissions is None:  # sealed runs are always limited (default $LOGITPRED_SEALED_LIMIT or 20)
+            max_submissions = holdout.default_limit()
     return Task(
         dataset=MemoryDataset(samples(s, split), name=f"{s.name}-{split}"),
         solver=[holdout_guard(suite, split, max_submissions), generate()],

@@ -64,6 +64,9 @@ def score(suite: Suite, split: str, preds: ValidatedPredictions, *, predictor: d
         raise ScoringError("no valid prediction to score" + (f": {preds.errors[0]}" if preds.errors else ""))
     if split == "sealed":
         suite.verify_commitment()
+        from .holdout import check, default_limit
+
+        check(suite, predictor.get("label") or predictor["name"], default_limit())  # holdout hygiene
     ids, logp, nxt = suite.truth_split(split)
     rows = [ids.index(p) for p in preds.prompt_ids] if list(ids) != preds.prompt_ids else slice(None)
     per_prompt = score_matrix(logp[rows], preds.probs, nxt[rows])

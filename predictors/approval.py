@@ -29,7 +29,10 @@ from tasks.paths import data_dir
 FORMAT = "logitpred-approvals/1"
 # Corpus statistics and trivial baselines: they read only the train text (DESIGN.md), so they are level 0.
 LEVEL0 = {"uniform", "unigram", "ngram", "ngram-domain", "suffix", "mixture"}
-LEVEL0_PREFIXES = ("human", "file:")  # humans (web form, exported files) and files of predictions made elsewhere
+# humans (web form: "human", "human:NAME", "human-team") and files of predictions made elsewhere ("file:..."); exact
+# names and "prefix:" forms only, so a model registered as e.g. "humanoid" cannot pass as a human
+LEVEL0_PREFIXES = ("human:", "file:")
+LEVEL0.update({"human", "human-team"})
 # Option keys under which a composite names its members (``mixture`` of issue 4 and ``composite`` here).
 MEMBER_KEYS = ("members", "components", "predictors")
 NON_OUTPUT_OPTIONS = ("batch_size", "cache", "progress")

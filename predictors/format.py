@@ -80,7 +80,7 @@ class Prediction:
             else:
                 try:
                     probs = np.asarray(obj["probs"], dtype=np.float64)
-                except (TypeError, ValueError) as e:
+                except (TypeError, ValueError, OverflowError) as e:
                     raise PredictionError(f"prompt {pid}: 'probs' must be a list of numbers ({e})") from e
                 if probs.ndim != 1:
                     raise PredictionError(f"prompt {pid}: 'probs' must be a flat list of numbers")
@@ -130,6 +130,8 @@ def densify(pred: Prediction, vocab: Vocabulary, background: np.ndarray | None =
                 tid = vocab.lookup(cand)
                 if tid is None:
                     raise PredictionError(f"{where}: {vocab.explain_unknown(cand)}")
+            if isinstance(p, int) and not isinstance(p, bool) and abs(p) > 1:  # huge ints overflow math.isfinite
+                raise PredictionError(f"{where}: probability {p!r} is above 1")
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p < 0:
                 raise PredictionError(f"{where}: probability {p!r} is not a finite number >= 0")
             if p > 0:
@@ -175,14 +177,20 @@ def read_jsonl(path: Path) -> tuple[list[tuple[int, Prediction]], list[str]]:
 
     preds, errors = [], []
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    # bytes that are not UTF-8 spoil only their own line (decoded with replacement, then rejected as bad JSON/tokens)
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
+                continue
+            if "\ufffd" in line and "\\ufffd" not in line:
+                errors.append(f"line {n}: not valid UTF-8 text; save the file as UTF-8")
                 continue
             try:
                 preds.append((n, Prediction.from_json(json.loads(line))))
             except json.JSONDecodeError as e:
                 errors.append(f"line {n}: malformed JSON ({e.msg} at column {e.colno})")
+            except RecursionError:
+                errors.append(f"line {n}: malformed JSON (nested too deeply)")
             except PredictionError as e:
                 errors.append(f"line {n}: {e}")
     return preds, errors

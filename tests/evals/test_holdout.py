@@ -70,3 +70,17 @@ def test_sealed_scoring_is_counted_practice_is_not(tiny_suite, ledger):
     # the very same predictions scored again reveal nothing new: not counted again
     again = score(tiny_suite, "sealed", ValidatedPredictions(ids, q, [], []), predictor={"name": "counted"})
     assert again.summary["holdout"]["submission"] == 2 and holdout.count(tiny_suite, "counted") == 2
+
+
+def test_score_refuses_sealed_past_the_limit(tiny_suite, ledger, monkeypatch):
+    monkeypatch.setenv("LOGITPRED_SEALED_LIMIT", "1")
+    vocab, bg = tiny_suite.vocabulary, tiny_suite.background
+    ids = [p.id for p in tiny_suite.prompts("sealed")]
+    for k, rest in enumerate(("unigram", "uniform")):
+        q = np.stack([densify(Prediction(i, {}, rest), vocab, bg) for i in ids])
+        if k == 0:
+            score(tiny_suite, "sealed", ValidatedPredictions(ids, q, [], []), predictor={"name": "capped"})
+        else:
+            with pytest.raises(holdout.HoldoutError, match="limit 1"):
+                score(tiny_suite, "sealed", ValidatedPredictions(ids, q, [], []), predictor={"name": "capped"})
+    assert holdout.count(tiny_suite, "capped") == 1

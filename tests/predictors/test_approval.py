@@ -33,13 +33,19 @@ def invoke(*args):
 
 
 @pytest.mark.parametrize("name, options", [
-    ("uniform", None), ("unigram", None), ("ngram", None), ("suffix", None), ("mixture", None), ("human-alice", None),
-    ("human", None), ("file:preds.jsonl", None), ("mixture", {"members": ["ngram", "unigram"]}),
+    ("uniform", None), ("unigram", None), ("ngram", None), ("suffix", None), ("mixture", None), ("human:alice", None),
+    ("human", None), ("human-team", None), ("file:preds.jsonl", None), ("mixture", {"members": ["ngram", "unigram"]}),
 ])
 def test_level0_is_approved_by_definition(name, options, registry):
     ok, reason = approval_status(name, options)
     assert ok and "level 0" in reason
     assert not registry.exists()
+
+
+@pytest.mark.parametrize("name", ["humanoid", "human-like-model", "filer"])
+def test_a_human_looking_name_is_not_level0(name, registry):
+    ok, _ = approval_status(name, None)
+    assert not ok
 
 
 def test_a_helper_is_refused_without_a_record(registry, tiny_helper):

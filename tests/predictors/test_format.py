@@ -86,3 +86,23 @@ def test_file_with_bad_lines_keeps_good_ones(tmp_path):
     assert "line 7: missing or empty 'prompt_id'" in text
     assert len(out.errors) == 6
     assert out.missing == ["p2", "p4"]
+
+
+def test_hostile_lines_are_rejected_one_by_one(tmp_path):
+    path = tmp_path / "hostile.jsonl"
+    good = json.dumps({"prompt_id": "p1", "top": {" b": 0.5}})
+    path.write_bytes(b"\n".join([
+        good.encode(),
+        json.dumps({"prompt_id": "p2", "top": [[" b", 10**400]]}).encode(),
+        json.dumps({"prompt_id": "p3", "probs": [10**400] * 6}).encode(),
+        b'{"prompt_id": "p4", "top": {"\xff\xfe": 0.1}}',
+        b"[" * 100000 + b"]" * 100000,
+    ]) + b"\n")
+    parsed, errors = read_jsonl(path)
+    out = validate(parsed, ["p1", "p2", "p3", "p4"], VOCAB, BG, errors=errors)
+    assert out.prompt_ids == ["p1"]
+    text = "\n".join(out.errors)
+    assert "line 2: prompt p2" in text and "above 1" in text
+    assert "line 3: prompt p3" in text
+    assert "line 4: not valid UTF-8" in text
+    assert "line 5: malformed JSON" in text
