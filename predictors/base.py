@@ -65,14 +65,22 @@ class PredictorContext:
     @classmethod
     def from_suite(cls, suite: Any) -> PredictorContext:
         """The allowed view of a ``tasks.Suite``: no sealed truth, no target weights."""
+        from tasks.suite import truth_loader
+
         cfg = suite.manifest["config"]
+        # The closures hold the practice truth file's path and hash and the practice prompt views, never the suite
+        # object (whose truth_split("sealed") would be one attribute away).
+        load_practice = truth_loader(suite, "practice")
+        views = [view(p) for p in suite.prompts("practice")]
+        cache: list[np.ndarray] = []
 
         def practice_truth() -> tuple[list[str], np.ndarray]:
-            ids, logp, _ = suite.truth_split("practice")
-            return list(ids), logp
+            if not cache:
+                cache.append(load_practice()[0])
+            return [v.id for v in views], cache[0]
 
         def practice_prompts() -> list[PromptView]:
-            return [view(p) for p in suite.prompts("practice")]
+            return list(views)
 
         return cls(suite.name, suite.vocab_size, suite.vocabulary, suite.background, suite.bos_ids,
                    suite.path / "tokenizer", suite.target["tokenizer_sha256"], cfg["corpus"], cfg["seed"],

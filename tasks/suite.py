@@ -139,21 +139,8 @@ class Suite:
         """(prompt ids, log-probs float32 (n, vocab), realized next-token ids) of a split, verified by hash."""
         _check_split(split)
         if split not in self._truth:
-            from safetensors.numpy import load_file
-
-            path = self.truth_dir / f"{split}.safetensors"
-            record = self.truth_dir / "truth.json"
-            if not path.is_file() or not record.is_file():
-                raise SuiteError(f"no truth for suite {self.name!r} ({split}): run `logitpred truth --suite {self.name}`")
-            expected = json.loads(record.read_text())["sha256"][split]
-            if sha256_file(path) != expected:
-                raise SuiteError(
-                    f"truth file {path} does not match its recorded hash (corrupted or edited): "
-                    f"run `logitpred truth --suite {self.name} --rebuild`"
-                )
-            arrays = load_file(path)
             ids = [p.id for p in self.prompts(split)]
-            self._truth[split] = (ids, arrays["logp"], arrays["next_token_id"])
+            self._truth[split] = (ids, *truth_loader(self, split)())
         return self._truth[split]
 
     def truth(self, prompt_id: str) -> np.ndarray:
@@ -215,6 +202,26 @@ class Suite:
             raise SuiteError(f"suite {self.name!r} has no commitment yet: run `logitpred truth --suite {self.name}`")
         if self._commitment() != self.commitment:
             raise SuiteError(f"suite {self.name!r}: sealed prompts or truth do not match the published commitment")
+
+
+def truth_loader(suite: Suite, split: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    """A function loading one split's (log-probs, realized ids), hash-checked, that holds only that file's path and
+    hash: what ``PredictorContext`` hands a predictor for practice truth, with no reference back to the suite."""
+    _check_split(split)
+    path, record, name = suite.truth_dir / f"{split}.safetensors", suite.truth_dir / "truth.json", suite.name
+
+    def load() -> tuple[np.ndarray, np.ndarray]:
+        from safetensors.numpy import load_file
+
+        if not path.is_file() or not record.is_file():
+            raise SuiteError(f"no truth for suite {name!r} ({split}): run `logitpred truth --suite {name}`")
+        if sha256_file(path) != json.loads(record.read_text())["sha256"][split]:
+            raise SuiteError(f"truth file {path} does not match its recorded hash (corrupted or edited): "
+                             f"run `logitpred truth --suite {name} --rebuild`")
+        arrays = load_file(path)
+        return arrays["logp"], arrays["next_token_id"]
+
+    return load
 
 
 def _check_split(split: str) -> None:

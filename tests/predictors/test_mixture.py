@@ -89,17 +89,23 @@ def _corpus(tmp: Path) -> str:
 
 
 def test_mixture_fits_on_practice_truth_only(tiny_suite, tmp_path: Path) -> None:
+    import tasks.suite
     from predictors import PredictorContext, create
     from predictors.base import view
 
     reads: list[str] = []
-    original = tiny_suite.truth_split
+    original = tasks.suite.truth_loader
 
-    def watched(split: str):
-        reads.append(split)
-        return original(split)
+    def watched(suite, split: str):  # a spy on the real loader: records which truth the predictor side reads
+        load = original(suite, split)
 
-    tiny_suite.truth_split = watched  # a spy on the real suite: records which truth the predictor side reads
+        def spied():
+            reads.append(split)
+            return load()
+
+        return spied
+
+    tasks.suite.truth_loader = watched
     try:
         ctx = PredictorContext.from_suite(tiny_suite)
         members = [{"name": "ngram", "options": {"corpora": _corpus(tmp_path), "order": 3}}, "unigram"]
@@ -107,8 +113,11 @@ def test_mixture_fits_on_practice_truth_only(tiny_suite, tmp_path: Path) -> None
         sealed = [view(x) for x in tiny_suite.prompts("sealed")]
         preds = p.predict(sealed)
     finally:
-        del tiny_suite.truth_split
+        tasks.suite.truth_loader = original
     assert reads and set(reads) == {"practice"}
+    # and nothing the context holds leads back to the suite (its sealed truth would be one call away)
+    cells = [c.cell_contents for f in (ctx.practice_truth, ctx.practice_prompts) for c in (f.__closure__ or ())]
+    assert not any(c is tiny_suite for c in cells)
 
     # the fit is exactly fit_mixture on the practice truth, with the members' and the cache's practice rows
     practice = [view(x) for x in tiny_suite.prompts("practice")]
