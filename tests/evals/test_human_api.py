@@ -495,9 +495,7 @@ def test_kill_9_loses_no_acknowledged_answer(tiny_suite, tmp_path):
 @pytest.fixture
 def postgres_url():
     """A fresh schema in the PostgreSQL named by $LOGITPRED_TEST_POSTGRES_URL (skipped when unset)."""
-    base = os.environ.get("LOGITPRED_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("set LOGITPRED_TEST_POSTGRES_URL=postgresql+psycopg://... to run the PostgreSQL test")
+    base = os.environ["LOGITPRED_TEST_POSTGRES_URL"]
     import sqlalchemy as sa
 
     schema = f"human_test_{os.getpid()}_{int(time.time() * 1000)}"
@@ -511,6 +509,8 @@ def postgres_url():
     engine.dispose()
 
 
+@pytest.mark.skipif(not os.environ.get("LOGITPRED_TEST_POSTGRES_URL"),
+                    reason="opt-in: set LOGITPRED_TEST_POSTGRES_URL=postgresql+psycopg://... to run the PostgreSQL test")
 def test_postgresql_works_unchanged(tiny_suite, game, postgres_url, tmp_path):
     """The same app on PostgreSQL: login, practice feedback, sealed once, rate limit, schema check, export."""
     app = create_app(tiny_suite, db_url=postgres_url, sealed_per_minute=2, game=game)
