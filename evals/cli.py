@@ -316,31 +316,12 @@ def run(
                           f" ({len(checked.errors)} rejected) -> {result.run_dir}")
     for sp in splits:
         if sp == "sealed" or len(splits) == 1:
-            leaderboard_cmd(suite=suite, split=sp)
+            from .cli_eval import leaderboard  # the one leaderboard command
+
+            leaderboard(suite=[suite], split=sp)
 
 
 # `logitpred leaderboard` itself lives in evals/cli_eval.py (across suites, HTML); `run` calls this short form.
-def leaderboard_cmd(
-    suite: SuiteOpt = "wiki",
-    split: SplitOpt = "sealed",
-) -> None:
-    """Rank predictors on a suite split by mean KL with 95% bootstrap CIs; writes Markdown and CSV under results/."""
-    from . import leaderboard as lb
-
-    df = lb.leaderboard(suite, split)
-    if df.empty:
-        fail(f"no scored runs for suite {suite!r} split {split!r}: run `logitpred score` first", code=1)
-    md, csv = lb.write(df, suite, split)
-    table = Table("#", "predictor", "n", "mean KL nats [95% CI]", "median", "top-1", "CE realized",
-                  title=f"{suite} / {split} (lower KL is better)")
-    for i, r in df.iterrows():
-        table.add_row(str(i + 1), r["predictor"] + ("" if r["approved"] else " (unapproved)"), str(r["n"]),
-                      f"{r['kl_mean']:.3f} [{r['kl_ci_low']:.3f}, {r['kl_ci_high']:.3f}]", f"{r['kl_median']:.3f}",
-                      f"{100 * r['top1']:.1f}%", f"{r['ce_realized']:.3f}")
-    out.print(table)
-    out.print(f"written: {md}, {csv}")
-
-
 @predictors_app.command("list")
 def predictors_list() -> None:
     """List registered predictor names (built-in and from installed plugins)."""

@@ -6,6 +6,7 @@ Links printed here are one-time: ``participants link NAME`` replaces a lost or u
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -62,40 +63,37 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
-@participants_app.command("add")
-def participants_add(name: Annotated[str, typer.Argument(help="Participant name (letters, digits, _ . -).")],
-                     suite: SuiteOpt = "wiki", db: DbOpt = None, url: UrlOpt = "http://127.0.0.1:8000") -> None:
-    """Add a participant and print their one-time invitation link."""
+def _print_link(suite: str, db: str | None, url: str, make: Callable[[Any], str]) -> None:
+    """Print ``URL/join/TOKEN`` for a token made by ``make(database)``; a refused request is a clear error."""
     from .human.db import DbError
 
     _, d = _db(suite, db)
     try:
-        token = d.add_participant(name)
+        token = make(d)
     except DbError as e:
         fail(str(e))
     out.print(f"{url.rstrip('/')}/join/{token}", soft_wrap=True)
+
+
+@participants_app.command("add")
+def participants_add(name: Annotated[str, typer.Argument(help="Participant name (letters, digits, _ . -).")],
+                     suite: SuiteOpt = "wiki", db: DbOpt = None, url: UrlOpt = "http://127.0.0.1:8000") -> None:
+    """Add a participant and print their one-time invitation link."""
+    _print_link(suite, db, url, lambda d: d.add_participant(name))
 
 
 @participants_app.command("link")
 def participants_link(name: Annotated[str, typer.Argument(help="An existing participant.")], suite: SuiteOpt = "wiki",
                       db: DbOpt = None, url: UrlOpt = "http://127.0.0.1:8000") -> None:
     """Print a new one-time link for a participant (their unused older links stop working)."""
-    from .human.db import DbError
-
-    _, d = _db(suite, db)
-    try:
-        token = d.new_link(name)
-    except DbError as e:
-        fail(str(e))
-    out.print(f"{url.rstrip('/')}/join/{token}", soft_wrap=True)
+    _print_link(suite, db, url, lambda d: d.new_link(name))
 
 
 @participants_app.command("admin-link")
 def participants_admin_link(suite: SuiteOpt = "wiki", db: DbOpt = None,
                             url: UrlOpt = "http://127.0.0.1:8000") -> None:
     """Print a one-time link to the organiser page (progress of everyone, exports)."""
-    _, d = _db(suite, db)
-    out.print(f"{url.rstrip('/')}/join/{d.admin_link()}", soft_wrap=True)
+    _print_link(suite, db, url, lambda d: d.admin_link())
 
 
 @participants_app.command("list")
