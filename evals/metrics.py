@@ -5,8 +5,16 @@ Every function takes ``truth_logp`` (shape ``(n, V)``, natural-log probabilities
 prompt. Names follow scikit-learn: ``*_divergence``/``*_loss``/``*_distance`` lower is better, ``*_score`` higher is
 better. p is the target's distribution, q the prediction; sums run over the full vocabulary. Computed in float64.
 
+Zero probabilities in the truth are legitimate (masked or padded vocabulary rows give log-probability ``-inf``): every
+sum follows 0 log 0 = 0 (Cover & Thomas, *Elements of Information Theory*, 2.1), so KL and entropy stay finite,
+and reverse KL is ``+inf`` where the prediction puts mass on a token the target never produces. NaN or ``+inf`` in the
+truth is an error naming the row.
+
+Ties earn no credit: top-1 and top-k overlap are *expected* values under uniformly random tie-breaking (in both
+distributions, independently), so a flat prediction scores 1/V at top-1 and k/V at top-k, whatever the token ids.
+
 References (checked in ``tests/evals/test_metrics.py``): ``scipy.stats.entropy`` for KL, ``scipy.spatial.distance.
-jensenshannon`` (squared, base 2) for JS, direct formulas for the rest.
+jensenshannon`` (squared, base 2) for JS, direct formulas (and enumeration of tie-breaks) for the rest.
 """
 
 from __future__ import annotations
@@ -30,19 +38,30 @@ class _Batch:
             )
         self.t = t.astype(np.float64, copy=False)
         self.q = q.astype(np.float64, copy=False)
+        bad = np.isnan(self.t) | (self.t == np.inf)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(f"truth row {row} holds {self.t[row, col]} at token {col}: log-probabilities must be finite "
+                             "or -inf (a token the target never produces)")
         self.p = np.exp(self.t)
         self.log_q = np.log(self.q)
+        # p log p and p (log p - log q) with 0 log 0 = 0: where p == 0 the log-ratio is set to 0 (it may be -inf)
+        self.zero = self.p == 0
+        self.t0 = np.where(self.zero, 0.0, self.t) if self.zero.any() else self.t
 
     def kl(self) -> np.ndarray:
-        return (self.p * (self.t - self.log_q)).sum(axis=1)
+        return (self.p * (self.t0 - self.log_q)).sum(axis=1)  # log q is finite (q > 0)
+
+    def entropy(self) -> np.ndarray:
+        return -(self.p * self.t0).sum(axis=1)
 
     def reverse_kl(self) -> np.ndarray:
         return (self.q * (self.log_q - self.t)).sum(axis=1)
 
     def js(self) -> np.ndarray:
         log_m = np.log(0.5 * (self.p + self.q))
-        # p may underflow to 0 in float64 where the target is extremely sure; masking keeps 0 log 0 = 0.
-        kl_pm = np.where(self.p > 0, self.p * (self.t - log_m), 0.0).sum(axis=1)
+        # p may be 0 (-inf truth, or underflow where the target is extremely sure): t0 keeps 0 log 0 = 0
+        kl_pm = (self.p * (self.t0 - log_m)).sum(axis=1)
         kl_qm = (self.q * (self.log_q - log_m)).sum(axis=1)
         return np.clip(0.5 * (kl_pm + kl_qm) / LN2, 0.0, 1.0)
 
@@ -51,16 +70,25 @@ class _Batch:
         return 0.5 * np.abs(d).sum(axis=1), (d * d).sum(axis=1)
 
     def top1(self) -> np.ndarray:
-        return (self.t.argmax(axis=1) == self.q.argmax(axis=1)).astype(np.float64)
+        return self.topk(1)
 
     def topk(self, k: int) -> np.ndarray:
         if not 1 <= k <= self.t.shape[1]:
             raise ValueError(f"k must be between 1 and the vocabulary size {self.t.shape[1]}, got {k}")
-        tp = np.argpartition(-self.t, k - 1, axis=1)[:, :k]
-        tq = np.argpartition(-self.q, k - 1, axis=1)[:, :k]
-        mask = np.zeros(self.t.shape, dtype=bool)  # membership of q's top-k in p's top-k, vectorized per row
-        np.put_along_axis(mask, tp, True, axis=1)
-        return np.take_along_axis(mask, tq, axis=1).sum(axis=1) / k
+        # E|topk(p) ∩ topk(q)| / k = sum_v P(v in topk(p)) P(v in topk(q)) / k, tie-breaks independent
+        return (topk_inclusion(self.t, k) * topk_inclusion(self.q, k)).sum(axis=1) / k
+
+
+def topk_inclusion(x: np.ndarray, k: int) -> np.ndarray:
+    """P(token v is among the k largest of its row) under uniformly random tie-breaking; shape ``(n, V)``.
+
+    Tokens above the row's k-th largest value are in for sure; the ``e`` tokens equal to it share the ``k - g``
+    remaining places (``g`` = tokens strictly above), each with probability ``(k - g) / e``.
+    """
+    kth = -np.partition(-x, k - 1, axis=1)[:, k - 1 : k]  # (n, 1): the k-th largest value of each row
+    above, equal = x > kth, x == kth
+    share = (k - above.sum(axis=1, keepdims=True)) / equal.sum(axis=1, keepdims=True)
+    return np.where(above, 1.0, np.where(equal, share, 0.0))
 
 
 def kl_divergence(truth_logp: np.ndarray, pred_p: np.ndarray, *, base: float = np.e) -> np.ndarray:
@@ -92,12 +120,12 @@ def brier_score_loss(truth_logp: np.ndarray, pred_p: np.ndarray) -> np.ndarray:
 
 
 def top1_agreement_score(truth_logp: np.ndarray, pred_p: np.ndarray) -> np.ndarray:
-    """1.0 where argmax q == argmax p, else 0.0 (ties resolved to the lowest token id in both)."""
+    """P(argmax q == argmax p) with ties broken uniformly at random: 1.0 or 0.0 without ties, 1/V for a flat q."""
     return _Batch(truth_logp, pred_p).top1()
 
 
 def topk_overlap_score(truth_logp: np.ndarray, pred_p: np.ndarray, *, k: int = 10) -> np.ndarray:
-    """|topk(p) ∩ topk(q)| / k, in [0, 1]."""
+    """E|topk(p) ∩ topk(q)| / k in [0, 1], ties broken uniformly at random (``topk_inclusion``); k/V for a flat q."""
     return _Batch(truth_logp, pred_p).topk(k)
 
 
@@ -113,9 +141,9 @@ def cross_entropy_loss(pred_p: np.ndarray, next_token_ids: np.ndarray) -> np.nda
 
 
 def entropy(truth_logp: np.ndarray) -> np.ndarray:
-    """H(p) = -sum_v p(v) log p(v), nats: how uncertain the target itself is."""
+    """H(p) = -sum_v p(v) log p(v), nats, with 0 log 0 = 0: how uncertain the target itself is. Shape ``(n,)``."""
     t = np.asarray(truth_logp, dtype=np.float64)
-    return -(np.exp(t) * t).sum(axis=1)
+    return _Batch(t, np.ones_like(t) / t.shape[-1]).entropy()
 
 
 def per_prompt_metrics(truth_logp: np.ndarray, pred_p: np.ndarray, next_token_ids: np.ndarray, *,
@@ -137,5 +165,5 @@ def per_prompt_metrics(truth_logp: np.ndarray, pred_p: np.ndarray, next_token_id
         f"top{k}_overlap": b.topk(k),
         "ce_realized_nats": cross_entropy_loss(b.q, ids),
         "target_ce_realized_nats": -b.t[rows, ids],
-        "target_entropy_nats": -(b.p * b.t).sum(axis=1),
+        "target_entropy_nats": b.entropy(),
     }

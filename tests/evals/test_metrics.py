@@ -87,3 +87,64 @@ def test_bad_shapes_are_explained():
         M.kl_divergence(np.zeros(3), np.ones(3) / 3)
     with pytest.raises(ValueError, match="k must be"):
         M.topk_overlap_score(np.zeros((1, 3)), np.ones((1, 3)) / 3, k=4)
+
+
+def test_zero_probabilities_follow_0_log_0():
+    """p = [0.5, 0.5, 0, 0] (two masked tokens, log-probability -inf) against q = [0.4, 0.4, 0.1, 0.1]."""
+    with np.errstate(divide="ignore"):
+        t = np.log(np.array([[0.5, 0.5, 0.0, 0.0]]))
+    q = np.array([[0.4, 0.4, 0.1, 0.1]])
+    m = M.per_prompt_metrics(t, q, np.array([0]), k=2)
+    assert m["kl_nats"][0] == pytest.approx(np.log(1.25), abs=1e-12)  # 0.22314
+    assert m["kl_nats"][0] == pytest.approx(0.22314, abs=1e-5)
+    assert m["target_entropy_nats"][0] == pytest.approx(np.log(2), abs=1e-12)
+    assert M.entropy(t)[0] == pytest.approx(np.log(2), abs=1e-12)
+    assert m["reverse_kl_nats"][0] == np.inf
+    assert m["js_bits"][0] == pytest.approx(jensenshannon([0.5, 0.5, 0, 0], q[0], base=2) ** 2, abs=1e-12)
+    assert m["js_bits"][0] == pytest.approx(0.10803, abs=1e-5)
+    assert m["tv"][0] == pytest.approx(0.2) and m["brier"][0] == pytest.approx(0.04)
+    assert all(not np.isnan(v).any() for v in m.values())
+
+
+def test_nan_or_plus_inf_truth_names_the_row():
+    t = np.log(np.full((3, 4), 0.25))
+    t[2, 1] = np.nan
+    with pytest.raises(ValueError, match="truth row 2 holds nan at token 1"):
+        M.kl_divergence(t, np.full((3, 4), 0.25))
+    t[2, 1] = np.inf
+    with pytest.raises(ValueError, match="truth row 2 holds inf"):
+        M.per_prompt_metrics(t, np.full((3, 4), 0.25), np.zeros(3, dtype=int), k=2)
+
+
+def test_ties_earn_no_credit():
+    """A flat prediction's argmax is token 0; when the target's top token is 0 it must still score 1/V, not 1."""
+    v = 8
+    t = log_softmax(np.array([[5.0] + [0.0] * (v - 1), [0.0] * (v - 1) + [5.0]]), axis=1)
+    flat = np.full((2, v), 1 / v)
+    np.testing.assert_allclose(M.top1_agreement_score(t, flat), [1 / v, 1 / v])
+    np.testing.assert_allclose(M.topk_overlap_score(t, flat, k=3), [3 / v, 3 / v])
+    # a prediction naming token 0 first and spreading the rest uniformly: top-1 is certain, top-3 shares places
+    q = np.array([[0.3] + [0.1] * 7])
+    t1 = t[:1]
+    assert M.top1_agreement_score(t1, q)[0] == 1.0
+    # target's top-3 = {0, then two of the 7 tied tokens}: q's top-3 = {0} + 2 of 7 tied; expected overlap
+    # = (1 + sum over the 7 tied tokens of (2/7)(2/7)) / 3
+    assert M.topk_overlap_score(t1, q, k=3)[0] == pytest.approx((1 + 7 * (2 / 7) ** 2) / 3)
+
+
+def test_tie_breaking_matches_enumeration():
+    """Expected top-k overlap equals the average over every tie-break order (exhaustive, small V)."""
+    import itertools
+
+    p = np.array([0.3, 0.2, 0.2, 0.2, 0.1])
+    q = np.array([0.25, 0.25, 0.25, 0.125, 0.125])
+    k = 2
+    scores = []
+    for perm_p in itertools.permutations(range(5)):
+        for perm_q in itertools.permutations(range(5)):
+            # a tie-break order: sort by value descending, then by position in the permutation
+            top_p = sorted(range(5), key=lambda v: (-p[v], perm_p.index(v)))[:k]
+            top_q = sorted(range(5), key=lambda v: (-q[v], perm_q.index(v)))[:k]
+            scores.append(len(set(top_p) & set(top_q)) / k)
+    got = M.topk_overlap_score(np.log(p)[None], q[None], k=k)[0]
+    assert got == pytest.approx(np.mean(scores), abs=1e-12)

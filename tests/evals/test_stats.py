@@ -35,3 +35,17 @@ def test_summarize_all_statistics_and_constant_column():
     assert out["c"]["mean"] == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="non-empty"):
         bootstrap_ci(np.array([]))
+
+
+def test_infinite_values_keep_an_honest_interval_and_nan_is_refused():
+    import numpy as np
+    import pytest
+
+    from evals.stats import bootstrap_ci
+
+    x = np.array([1.0] * 99 + [np.inf])
+    est, low, high = bootstrap_ci(x, "mean", seed=0)
+    # a resample misses the one inf with probability (99/100)^100 = 0.366 > 0.025, so the low bound is finite
+    assert est == np.inf and low == 1.0 and high == np.inf
+    with pytest.raises(ValueError, match="per-prompt value 3 is NaN"):
+        bootstrap_ci(np.array([1.0, 2.0, 3.0, np.nan]))
