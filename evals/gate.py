@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from tasks.io import load_yaml
 from tasks.paths import results_dir
 
 from . import holdout, records
@@ -134,9 +135,15 @@ def load_config(path: Path) -> GateConfig:
     """Parse and check a gate config; every problem raises ``GateConfigError`` naming the key."""
     if not path.is_file():
         raise GateConfigError(f"{path} does not exist (see gate.yaml at the repository root)")
-    text = path.read_text()
+    from tasks.io import DuplicateKeyError, read_text
+
     try:
-        raw = yaml.safe_load(text)
+        text = read_text(path)  # a UTF-8 byte-order mark is accepted
+        raw = load_yaml(text, source=str(path))  # a key given twice is an error, never "the last one wins"
+    except UnicodeDecodeError as e:
+        raise GateConfigError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from e
+    except DuplicateKeyError as e:
+        raise GateConfigError(str(e)) from e
     except yaml.YAMLError as e:
         raise GateConfigError(f"{path} is not valid YAML: {e}") from e
     _keys(raw, str(path), {"name", "team", "suites", "thresholds", "holdout", "report", "seed"},
@@ -326,7 +333,7 @@ def run_gate(cfg: GateConfig, *, root: Path | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "format": "logitpred-gate/1", "gate": cfg.name, "created": datetime.now(UTC).isoformat(),
         "command": records.command_line(), "config_sha256": hashlib.sha256(cfg.source.encode()).hexdigest(),
-        "config": yaml.safe_load(cfg.source), "environment": records.environment(), "disclaimer": DISCLAIMER,
+        "config": load_yaml(cfg.source), "environment": records.environment(), "disclaimer": DISCLAIMER,
         "max_submissions": cfg.max_submissions, "suites": [],
     }
     try:

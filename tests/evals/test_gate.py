@@ -150,3 +150,23 @@ def test_no_sealed_truth_in_the_report(env, tiny_suite):
     folder = Path(report["report_dir"])
     text = (folder / "report.json").read_text() + (folder / "report.md").read_text()
     assert not numbers_in(text) & truth_numbers(tiny_suite, "sealed")
+
+
+def test_duplicate_threshold_key_is_refused_not_last_wins(env):
+    """``kl_nats`` twice under ``thresholds`` (3, then 30): YAML would keep 30; the gate refuses the file, exit 2."""
+    text = BASE.format(name="dup", rule="best-on-practice", kl=3, limit=5).replace(
+        "thresholds: {kl_nats: {max: 3}, top1: {min: 0.0}}",
+        "thresholds:\n  kl_nats: {max: 3}\n  top1: {min: 0.0}\n  kl_nats: {max: 30}")
+    assert "kl_nats: {max: 30}" in text
+    result = runner.invoke(app, ["gate", "--config", str(config(env, text))])
+    assert result.exit_code == 2, result.output
+    assert "duplicate key 'kl_nats' at line" in " ".join(result.output.split())
+    assert not (env / "results").exists()
+
+
+def test_config_with_byte_order_mark_is_read(env):
+    path = config(env, BASE.format(name="bom", rule="best-on-practice", kl=20, limit=5))
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    code, out, report = gate(path)
+    assert code == 0, out
+    assert report["config"]["thresholds"]["kl_nats"] == {"max": 20}
