@@ -13,7 +13,7 @@ runner = CliRunner()
 
 def invoke(*args):
     result = runner.invoke(app, list(args))
-    return result.exit_code, " ".join(result.output.split())  # rich wraps long lines
+    return result.exit_code, " ".join(result.output.replace("│", " ").split())  # rich wraps long lines in boxes
 
 
 def test_help_for_every_command():
@@ -68,7 +68,7 @@ def test_bad_lines_reported_good_ones_scored_and_strict_fails(tiny_suite, tmp_pa
     code, out = invoke("score", str(path), "-s", "tiny", "--split", "practice", "--strict")
     assert code == 1 and "strict mode" in out
     code, out = invoke("score", str(tmp_path / "missing.jsonl"), "-s", "tiny")
-    assert code == 1 and "does not exist" in out
+    assert code == 2 and "missing.jsonl" in out and "does not exist" in out  # bad input: exit 2, as documented
 
 
 def test_unknown_predictor_and_suite(tiny_suite, tmp_path):
@@ -78,3 +78,31 @@ def test_unknown_predictor_and_suite(tiny_suite, tmp_path):
     assert code == 1 and "no scored runs" in out
     code, out = invoke("predict", "-p", "uniform", "-s", "nosuite", "-o", str(tmp_path / "x.jsonl"))
     assert code == 2 and "logitpred suite build nosuite" in out
+
+
+def test_bad_arguments_exit_2_naming_the_argument(tiny_suite, tmp_path):
+    """One place validates arguments (evals/cli/common.py): nothing is loaded or written before they are checked."""
+    out_file = tmp_path / "x.jsonl"
+    cases = [
+        (["predict", "-p", "uniform", "-s", "tiny", "--split", "foo", "-o", str(out_file)], "'--split'"),
+        (["run", "-s", "tiny", "-p", "uniform", "--split", "foo"], "'--split'"),
+        (["score", str(out_file), "-s", "tiny", "--split", "sealed"], "does not exist"),
+        (["suite", "build", "x", "--corpus", "wiki", "--practice", "0"], "'--practice'"),
+        (["suite", "build", "x", "--corpus", "wiki", "--heldout-fraction", "1.5"], "not strictly between 0 and 1"),
+        (["truth", "-s", "tiny", "--batch-size", "0"], "'--batch-size'"),
+        (["predict", "-p", "uniform", "-s", "tiny", "-o", str(out_file), "-O", "a=1", "-O", "a=2"], "given twice"),
+    ]
+    for args, message in cases:
+        code, out = invoke(*args)
+        assert code == 2, (args, out)
+        assert message in out, (args, out)
+    assert not out_file.exists()
+
+
+def test_meta_file_with_duplicate_key_is_bad_input(tiny_suite, tmp_path):
+    ids = [p.id for p in tiny_suite.prompts("practice")]
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt_id": ids[0], "top": {" the": 0.3}}) + "\n")
+    (tmp_path / "p.jsonl.meta.json").write_text('{"name": "a", "name": "b"}')
+    code, out = invoke("score", str(path), "-s", "tiny")
+    assert code == 2 and "duplicate key 'name'" in out

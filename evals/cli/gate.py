@@ -1,6 +1,6 @@
 """CLI commands of the evaluation layer: ``logitpred gate``, ``logitpred leaderboard``, ``logitpred report``.
 
-Exit codes follow ``evals/cli.py``: ``gate`` exits 0 on PASS, 1 on FAIL or when the holdout limit refuses it, and 2 on
+Exit codes follow ``evals/cli/common.py``: ``gate`` exits 0 on PASS, 1 on FAIL or when the holdout limit refuses it, and 2 on
 a config error (with a message naming the key), so a release pipeline can call it directly.
 """
 
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import console, fail, out
+from .common import console, fail, out
 
 
 def gate(
@@ -19,8 +19,8 @@ def gate(
     = Path("gate.yaml"),
 ) -> None:
     """Run the pre-deployment gate: suites x approved team, thresholds on CI bounds; exit 0 pass, 1 fail, 2 config."""
-    from .gate import GateConfigError, load_config, run_gate
-    from .scoring import ScoringError
+    from ..gate import GateConfigError, load_config, run_gate
+    from ..scoring import ScoringError
 
     try:
         cfg = load_config(config)
@@ -46,7 +46,7 @@ def leaderboard(
     Markdown, CSV and HTML under results/leaderboards/."""
     from rich.table import Table
 
-    from . import leaderboard as lb
+    from .. import leaderboard as lb
 
     df = lb.leaderboards(suite, split)
     if df.empty:
@@ -70,7 +70,7 @@ def leaderboard(
 def report(run_id: Annotated[str, typer.Argument(help="Run id (folder under results/) or gate report id; a unique "
                                                   "prefix is enough.")]) -> None:
     """Re-render a run's (or gate's) report from its stored records, without recomputing anything."""
-    from .report import render
+    from ..report import render
 
     try:
         md, paths = render(run_id)
@@ -80,7 +80,7 @@ def report(run_id: Annotated[str, typer.Argument(help="Run id (folder under resu
     typer.echo("written: " + ", ".join(str(p) for p in paths.values()))
 
 
-def register(app: typer.Typer, suite_app: typer.Typer, predictors_app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     app.command("gate")(gate)
     app.command("leaderboard")(leaderboard)
     app.command("report")(report)

@@ -1,4 +1,4 @@
-"""CLI commands for corpus-statistics predictors: ``predictors build NAME`` and ``predictors indexes``.
+"""``logitpred predictors list | build NAME | indexes``: registered predictors and corpus-statistics indexes.
 
 ``build`` creates the predictor for a suite exactly as ``logitpred run`` would (so the index it builds is the one
 ``run`` reuses): n-gram tables or suffix arrays over the train parts of the chosen corpora, with a progress bar, saved
@@ -13,14 +13,25 @@ from typing import Annotated, Any
 
 import typer
 
-from .cli import _load_suite, _parse_options, fail, out
+from .common import fail, load_suite, out, parse_options
 
 INDEXED = ("ngram", "ngram-domain", "suffix", "mixture")  # factories taking ``rebuild``
+predictors_app = typer.Typer(help="List and build predictors.", no_args_is_help=True)
 
 
-def register(app: typer.Typer, suite_app: typer.Typer, predictors_app: typer.Typer) -> None:
+@predictors_app.command("list")
+def predictors_list() -> None:
+    """List registered predictor names (built-in and from installed plugins)."""
+    from predictors import available
+
+    for name in available():
+        out.print(name)
+
+
+def register(app: typer.Typer) -> None:
     predictors_app.command("build")(predictors_build)
     predictors_app.command("indexes")(predictors_indexes)
+    app.add_typer(predictors_app, name="predictors")
 
 
 def predictors_build(
@@ -40,8 +51,8 @@ def predictors_build(
     if name not in INDEXED:
         out.print(f"predictor {name!r} has no index to build (indexed predictors: {', '.join(INDEXED)})")
         return
-    s = _load_suite(suite)
-    options = _parse_options(option or [])
+    s = load_suite(suite)
+    options = parse_options(option)
     try:
         p = create(name, PredictorContext.from_suite(s), **options, rebuild=rebuild)
     except IndexFileError as e:
@@ -61,14 +72,15 @@ def predictors_indexes() -> None:
     """List built indexes: kind, corpora and tokens, parameters, size on disk, build time."""
     from rich.table import Table
 
+    from tasks.io import read_json
     from tasks.paths import data_dir
 
     table = Table("index", "corpora (train tokens)", "params", "MB", "built in", "built")
     table.columns[0].no_wrap = True
     for manifest_path in sorted((data_dir() / "indexes").glob("*/manifest.json")):
         try:
-            m = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError:
+            m = read_json(manifest_path)
+        except (ValueError, UnicodeDecodeError):
             table.add_row(manifest_path.parent.name, "[red]unreadable manifest: rebuild[/]", "", "", "", "")
             continue
         size = sum(f.stat().st_size for f in manifest_path.parent.iterdir()) / 1e6

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .cli import SuiteOpt, _load_suite, console, fail, out
+from .common import SplitOpt, SuiteOpt, console, fail, load_suite, out
 
 DbOpt = Annotated[str | None, typer.Option("--db", help="SQLAlchemy database URL (default: a SQLite file per suite).")]
 UrlOpt = Annotated[str, typer.Option("--url", help="Address participants open (where `logitpred serve` listens).")]
@@ -21,9 +21,9 @@ participants_app = typer.Typer(help="Invite and list the participants of the hum
 
 
 def _db(suite: str, db: str | None) -> tuple[Any, Any]:
-    from .human.db import DbError, open_db
+    from ..human.db import DbError, open_db
 
-    s = _load_suite(suite)
+    s = load_suite(suite)
     try:
         return s, open_db(db, s)
     except DbError as e:
@@ -45,10 +45,10 @@ def serve(
 
     from tasks import SuiteError
 
-    from .human.app import create_app
-    from .human.db import DbError
+    from ..human.app import create_app
+    from ..human.db import DbError
 
-    s = _load_suite(suite)
+    s = load_suite(suite)
     try:
         app = create_app(s, db_url=db, sealed_per_minute=sealed_per_minute, max_body=max_body,
                          secure_cookies=secure_cookies)
@@ -65,7 +65,7 @@ def serve(
 
 def _print_link(suite: str, db: str | None, url: str, make: Callable[[Any], str]) -> None:
     """Print ``URL/join/TOKEN`` for a token made by ``make(database)``; a refused request is a clear error."""
-    from .human.db import DbError
+    from ..human.db import DbError
 
     _, d = _db(suite, db)
     try:
@@ -112,7 +112,7 @@ def participants_list(suite: SuiteOpt = "wiki", db: DbOpt = None) -> None:
 
 def export(
     suite: SuiteOpt = "wiki",
-    split: Annotated[str, typer.Option("--split", help="practice or sealed.")] = "sealed",
+    split: SplitOpt = "sealed",
     db: DbOpt = None,
     participant: Annotated[list[str] | None, typer.Option("--participant", "-p", help="Only these (repeat).")] = None,
     team: Annotated[bool, typer.Option(help="Also write the pooled 'human-team' predictor.")] = True,
@@ -122,12 +122,10 @@ def export(
     """Export human answers as standard predictions JSONL (one per participant and a team file) for `logitpred score`."""
     from tasks.paths import results_dir
 
-    from .cli import score as score_cmd
-    from .human.export import export as do_export
-    from .human.game import Game
+    from ..human.export import export as do_export
+    from ..human.game import Game
+    from .score import score as score_cmd
 
-    if split not in ("practice", "sealed"):
-        fail(f"unknown split {split!r}: use practice or sealed")
     s, d = _db(suite, db)
     folder = out_dir or results_dir() / "human" / s.name
     try:
@@ -143,7 +141,7 @@ def export(
             score_cmd(path, suite=suite, split=split, name=None, strict=False, seed=0)
 
 
-def register(app: typer.Typer, suite_app: typer.Typer, predictors_app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("export")(export)
     app.add_typer(participants_app, name="participants")

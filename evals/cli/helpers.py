@@ -1,7 +1,7 @@
 """CLI commands for helper models and the approval chain: ``helpers train``, ``helpers list``, ``approve``,
 ``approvals``, ``revoke``.
 
-Exit codes follow ``evals/cli.py``: ``approve`` exits 0 when the system is approved, 1 when the evaluation ran and a
+Exit codes follow ``evals/cli/common.py``: ``approve`` exits 0 when the system is approved, 1 when the evaluation ran and a
 threshold failed, 2 on bad input (nothing written to the registry).
 """
 
@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .cli import _parse_options, console, fail, out, progress
+from .common import console, fail, out, parse_options, progress
 
 helpers_app = typer.Typer(help="Helper models: train the project's own, list the known ones.", no_args_is_help=True)
 
@@ -90,13 +90,13 @@ def approve(
     from predictors.crosstok import MappingError
     from predictors.model import HelperError
 
-    from .approve import DEFAULT_SUITES, DEFAULT_THRESHOLDS
-    from .approve import approve as do_approve
+    from ..approve import DEFAULT_SUITES, DEFAULT_THRESHOLDS
+    from ..approve import approve as do_approve
 
-    options = _parse_options(option or [])
+    options = parse_options(option)
     suites, thresholds = list(suite or []), dict(DEFAULT_THRESHOLDS)
     if config:
-        from .gate import GateConfigError, load_config
+        from ..gate import GateConfigError, load_config
 
         try:
             cfg = load_config(config)
@@ -171,7 +171,7 @@ def revoke(
         out.print(f"revoked {r.key} ({r.system['name']})")
 
 
-def register(app: typer.Typer, suite_app: typer.Typer, predictors_app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     app.add_typer(helpers_app, name="helpers")
     app.command("approve")(approve)
     app.command("approvals")(approvals)

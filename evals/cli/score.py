@@ -1,0 +1,82 @@
+"""``logitpred score FILE``: validate a predictions file and score it against a suite split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .common import InputFile, SplitOpt, SuiteOpt, console, fail, load_suite, out, released
+
+KEYS = ("kl_nats", "kl_bits", "reverse_kl_nats", "js_bits", "tv", "brier", "top1", "top10_overlap",
+        "ce_realized_nats", "target_ce_realized_nats", "target_entropy_nats")
+
+
+def read_meta(file: Path) -> dict:
+    """``FILE.meta.json`` as written by ``logitpred predict`` (strict JSON), or ``{"name": stem}`` without one."""
+    from tasks.io import read_json
+
+    meta_path = Path(str(file) + ".meta.json")
+    if not meta_path.is_file():
+        return {"name": file.stem}
+    try:
+        meta = read_json(meta_path)
+    except (ValueError, UnicodeDecodeError) as e:  # malformed JSON, a duplicate key, not UTF-8
+        fail(f"{meta_path} is not a valid predictions meta file ({e}): fix or delete it, and name the predictor "
+             "with --name")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        fail(f"{meta_path} must be a JSON object with a string 'name': fix or delete it, and use --name")
+    return meta
+
+
+def score(
+    file: InputFile,
+    suite: SuiteOpt = "wiki",
+    split: SplitOpt = "practice",
+    name: Annotated[str | None, typer.Option(help="Predictor label in results (default: from FILE.meta.json).")] = None,
+    strict: Annotated[bool, typer.Option(help="Fail on any rejected line or missing prompt.")] = False,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+) -> None:
+    """Validate and score a predictions file; writes results/<run-id>/ (per-prompt CSV, summary JSON)."""
+    from tasks import SuiteError
+
+    from ..holdout import HoldoutError
+    from ..scoring import ScoringError, load_file
+    from ..scoring import score as do_score
+
+    s = load_suite(suite)
+    meta = read_meta(file)
+    if name:
+        meta["label"] = name
+    try:
+        preds = load_file(file, s, split)
+        for msg in preds.errors[:20]:
+            console.print(f"[yellow]rejected[/] {msg}", markup=True, highlight=False)
+        if len(preds.errors) > 20:
+            console.print(f"[yellow]... and {len(preds.errors) - 20} more rejected lines[/]")
+        result = do_score(s, split, preds, predictor=meta, strict=strict, seed=seed, source=file)
+    except SuiteError as e:
+        fail(str(e))
+    except (ScoringError, HoldoutError) as e:
+        fail(str(e), code=1)
+    m = result.summary["metrics"]
+    table = Table("metric", "mean [95% CI]", "median", "p90", "max", title=f"{meta.get('label', meta['name'])} on "
+                  f"{s.name}/{split}: {result.summary['n_scored']} scored, {len(preds.errors)} rejected, "
+                  f"{len(preds.missing)} missing")
+    keys = [k for k in KEYS if k in m]
+    if split == "sealed":  # target-side values are functions of the sealed truth alone: not shown
+        keys = [k for k in keys if not k.startswith("target_")]
+    for key in keys:
+        mean, med, p90, mx = (released(split, key, *m[key][st]) for st in ("mean", "median", "p90", "max"))
+        table.add_row(key, f"{mean[0]:.4f} [{mean[1]:.4f}, {mean[2]:.4f}]", f"{med[0]:.4f}", f"{p90[0]:.4f}",
+                      f"{mx[0]:.4f}")
+    out.print(table)
+    if split == "sealed":
+        out.print("sealed scores are released on the holdout grid (evals/holdout.py); exact values stay in the record")
+    out.print(f"run record: {result.run_dir}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("score")(score)
