@@ -16,12 +16,13 @@ Left out: context-dependent weights, fitting on anything but the practice split.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from tasks.io import loads_json
 
 from .base import PredictorContext, PromptView, create, register
 from .format import Prediction
@@ -40,8 +41,8 @@ def parse_member(spec: Any) -> tuple[str, dict[str, Any]]:
         if not sep or name == "file":  # "file:..." names a predictions file, not options
             return spec, {}
         try:
-            options = json.loads(opts)
-        except json.JSONDecodeError as e:
+            options = loads_json(opts)  # a key given twice is refused, not "last wins"
+        except ValueError as e:
             raise ValueError(f"member {spec!r}: options after ':' must be a JSON object ({e})") from e
         if not isinstance(options, dict):
             raise ValueError(f"member {spec!r}: options after ':' must be a JSON object")

@@ -101,3 +101,11 @@ def test_composite_bad_options(tiny_suite):
         create("composite", ctx, members=["unigram", "uniform"], kind="sum")
     with pytest.raises(KeyError, match="unknown predictor"):
         create("composite", ctx, members=["unigram", "no-such-predictor"])
+
+
+def test_member_options_with_a_key_twice_are_refused():
+    from predictors.composite import parse_member
+
+    assert parse_member('ngram:{"order": 3}') == ("ngram", {"order": 3})
+    with pytest.raises(ValueError, match="duplicate key 'order'"):
+        parse_member('ngram:{"order": 3, "order": 5}')
