@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.io import atomic_save_npy, read_json
 from tasks.paths import data_dir, model_cache_dir
 
 from .base import PredictorContext, PromptView, register
@@ -129,7 +130,7 @@ def _converted_from(path: Path) -> str:
     converted copy is recognised as the target. Other re-saved copies of the target are not detected (left out)."""
     marker = path / "logitpred-source.json"
     if path.is_dir() and marker.is_file():
-        return str(json.loads(marker.read_text()).get("sha256", ""))
+        return str(read_json(marker).get("sha256", ""))
     return ""
 
 
@@ -264,9 +265,7 @@ class ModelPredictor:
             if self.cache:
                 cdir.mkdir(parents=True, exist_ok=True)
                 for i in todo:
-                    tmp = cdir / (self._cache_name(prompts[i]) + ".tmp.npy")
-                    np.save(tmp, out[i].astype(np.float32))
-                    tmp.replace(cdir / self._cache_name(prompts[i]))
+                    atomic_save_npy(cdir / self._cache_name(prompts[i]), out[i].astype(np.float32))
         return out
 
     def _compute(self, prompts: Sequence[PromptView]) -> np.ndarray:

@@ -13,8 +13,8 @@ across versions in the last bits). Left out: learning-rate schedules beyond warm
 
 from __future__ import annotations
 
-import json
 import math
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tasks.io import atomic_write_json, read_json, replace_dir
 
 MANIFEST = "logitpred-helper.json"
 FORMAT = "logitpred-helper/1"
@@ -125,8 +127,11 @@ def train_helper(out_dir: Path, cfg: TrainConfig = TrainConfig(), *, target: str
         if on_step:
             on_step(step + 1, row["train_loss"])
     model.eval()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Saved into a fresh folder beside the destination and swapped in whole (tasks.io.replace_dir): retraining a helper
+    # never leaves new weights under an old manifest, and a kill leaves the previous helper as it was.
+    dest = Path(out_dir)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     _write_curve(out_dir, curve, vocab)
@@ -137,7 +142,8 @@ def train_helper(out_dir: Path, cfg: TrainConfig = TrainConfig(), *, target: str
         "final_train_loss": float(np.mean([r["train_loss"] for r in curve[-20:]])),
         "final_valid_loss": curve[-1]["valid_loss"], "context": cfg.context,
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    atomic_write_json(out_dir / MANIFEST, manifest)
+    replace_dir(out_dir, dest)
     return manifest
 
 
@@ -172,4 +178,4 @@ def helper_context(path: Path) -> int | None:
     m = Path(path) / MANIFEST if Path(path).is_dir() else None
     if m is None or not m.is_file():
         return None
-    return int(json.loads(m.read_text()).get("context") or 0) or None
+    return int(read_json(m).get("context") or 0) or None

@@ -173,3 +173,48 @@ def append_line(path: Path, line: str) -> None:
         f.write((line.rstrip("\n") + "\n").encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
+
+
+def replace_dir(src: Path, dest: Path) -> None:
+    """Put the complete folder ``src`` at ``dest``, replacing any folder there, so that ``dest`` is always whole.
+
+    Linux ``renameat2(RENAME_EXCHANGE)`` swaps the two folders in one atomic step (the old one, now at ``src``, is then
+    removed); where the kernel or file system lacks it, ``dest`` is renamed aside first, which leaves a moment without
+    ``dest`` (never a mixture of old and new files). ``src`` and ``dest`` must be on one file system.
+    """
+    import ctypes
+    import shutil
+
+    src, dest = Path(src), Path(dest)
+    if not dest.exists():
+        os.replace(src, dest)
+        fsync_dir(dest.parent)
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    swap = getattr(libc, "renameat2", None)
+    at_fdcwd, rename_exchange = -100, 2
+    if swap is not None and swap(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dest), rename_exchange) == 0:
+        fsync_dir(dest.parent)
+        shutil.rmtree(src, ignore_errors=True)
+        return
+    aside = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    os.replace(dest, aside)
+    crash_point(f"replace-dir-aside:{dest.name}")
+    os.replace(src, dest)
+    fsync_dir(dest.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def fsync_tree(path: Path) -> None:
+    """``fsync`` every file and folder under ``path`` (and ``path`` itself): call before publishing a folder that was
+    written in place (e.g. by a library's ``save_pretrained``) with one atomic rename or link switch."""
+    path = Path(path)
+    for p in sorted(path.rglob("*"), reverse=True):
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            fsync_dir(p)
+        else:
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    fsync_dir(path)

