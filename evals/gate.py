@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tasks.io import load_yaml
+from tasks.io import atomic_write_text, load_yaml
 from tasks.paths import results_dir
 
 from . import holdout, records
@@ -217,7 +217,7 @@ def check_environment(cfg: GateConfig) -> dict[str, Any]:
     Returns the loaded suites by name. Raises ``GateConfigError`` (exit 2).
     """
     from predictors import available
-    from predictors.approval import approval_status
+    from predictors.approval import require_approved
     from tasks import SuiteError, load_suite
 
     suites = {}
@@ -233,9 +233,11 @@ def check_environment(cfg: GateConfig) -> dict[str, Any]:
     for m in cfg.members:
         if m.name not in known:
             raise GateConfigError(f"team.members: unknown predictor {m.name!r}; available: {', '.join(known)}")
-        ok, reason = approval_status(m.name, m.options)
-        if not ok:
-            raise GateConfigError(f"team.members: {m.label} is not approved for a gated evaluation: {reason}")
+        try:  # the one approval check (predictors.approval), with no exploratory opt-in: a gate runs approved only
+            require_approved(m.name, m.options, opt_in=None)
+        except ValueError as e:  # ApprovalError, or a helper that cannot be identified (HelperError, MappingError)
+            raise GateConfigError(f"team.members: {m.label} is not approved for a gated evaluation (a gate has no "
+                                  f"exploratory opt-in): {e}") from e
     return suites
 
 
@@ -252,7 +254,7 @@ def _predict(suite: Any, split: str, member: Member) -> Any:
 
     from .scoring import ScoringError, predict_validated
 
-    p = create(member.name, PredictorContext.from_suite(suite), **member.options)
+    p = create(member.name, PredictorContext.from_suite(suite), **member.options)  # checked again: no opt-in
     checked = predict_validated(suite, split, p)
     if checked.errors or checked.missing:
         raise ScoringError(f"{member.label} on {suite.name}/{split}: {len(checked.errors)} invalid prediction(s), "
@@ -292,11 +294,17 @@ def _bound(metrics: dict, t: Threshold, step: float | None) -> tuple[float, floa
 
 def evaluate_suite(cfg: GateConfig, spec: SuiteSpec, suite: Any) -> dict[str, Any]:
     """Run the team on one suite, write its run record, and judge every threshold."""
+    from predictors.approval import require_approved
+
     from .scoring import score
 
     preds, decision, used = team_predictions(cfg, suite, spec.split)
-    meta = {"name": cfg.team_label, "label": cfg.team_label, "gate": cfg.name, "approved": True,
-            "members": [{"name": m.name, "options": m.options} for m in cfg.members], **decision}
+    # every member passed the approval check (check_environment, and create() again): the team is approved, and each
+    # member's record (level, key, reason) goes into the run record
+    members = [{"name": m.name, "options": m.options, **require_approved(m.name, m.options, opt_in=None)}
+               for m in cfg.members]
+    meta = {"name": cfg.team_label, "label": cfg.team_label, "gate": cfg.name, "approved": True, "exploratory": False,
+            "approval": "every member is level 0 or approved", "members": members, **decision}
     result = score(suite, spec.split, preds, predictor=meta, seed=cfg.seed, strict=True)
     sealed = spec.split == "sealed"
     counts = {}
@@ -354,8 +362,8 @@ def write_report(report: dict[str, Any], *, root: Path | None = None) -> dict[st
     out = (root or results_dir()) / "gates" / f"{stamp}-{report['gate']}"
     out.mkdir(parents=True, exist_ok=False)
     report["report_dir"] = str(out)
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
-    (out / "report.md").write_text(gate_markdown(report))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=_json_default))
+    atomic_write_text(out / "report.md", gate_markdown(report))
     return report
 
 

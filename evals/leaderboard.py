@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from tasks.io import atomic_write_text
 from tasks.paths import results_dir
 
 from . import holdout
@@ -170,8 +171,8 @@ def write(df: pd.DataFrame, suite: str, split: str, *, root: Path | None = None)
     out = (root or results_dir()) / "leaderboards"
     out.mkdir(parents=True, exist_ok=True)
     md, csv = out / f"{suite}-{split}.md", out / f"{suite}-{split}.csv"
-    md.write_text(to_markdown(df, title=f"Leaderboard: {suite} ({split})"))
-    df.to_csv(csv, index=False)
+    atomic_write_text(md, to_markdown(df, title=f"Leaderboard: {suite} ({split})"))
+    atomic_write_text(csv, df.to_csv(index=False))
     return md, csv
 
 
@@ -182,16 +183,16 @@ def write_all(df: pd.DataFrame, split: str, *, root: Path | None = None, plots: 
     for suite, part in df.groupby("suite", sort=False):
         write(part.reset_index(drop=True), str(suite), split, root=root)
     paths["csv"] = out / f"all-{split}.csv"
-    df.to_csv(paths["csv"], index=False)
+    atomic_write_text(paths["csv"], df.to_csv(index=False))
     paths["md"] = out / f"all-{split}.md"
     piv = pivot(df)
     summary = "\n".join(["| predictor | " + " | ".join(map(str, piv.columns)) + " |",
                          "|---" * (len(piv.columns) + 1) + "|",
                          *(f"| {i} | " + " | ".join(r) + " |" for i, r in zip(piv.index, piv.values.tolist(), strict=True))])
-    paths["md"].write_text(f"## Mean KL by suite ({split}; nats, 95% CI)\n\n{summary}\n\n" + "\n".join(
+    atomic_write_text(paths["md"], f"## Mean KL by suite ({split}; nats, 95% CI)\n\n{summary}\n\n" + "\n".join(
         to_markdown(p.reset_index(drop=True), title=f"{s} ({split})") for s, p in df.groupby("suite", sort=False)))
     paths["html"] = out / f"index-{split}.html"
-    paths["html"].write_text(to_html(df, split, plots=plots, root=root))
+    atomic_write_text(paths["html"], to_html(df, split, plots=plots, root=root))
     return paths
 
 

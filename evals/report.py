@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from tasks.io import atomic_write_text, read_json
 from tasks.paths import results_dir
 
 from . import holdout
@@ -105,7 +106,7 @@ def render_run(run_dir: Path) -> dict[str, Path]:
     """Write ``report.md`` and ``report.html`` (with plots) for a run folder, from its stored files only."""
     from . import plots as P
 
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_json(run_dir / "summary.json")
     per_prompt = pd.read_csv(run_dir / "per_prompt.csv")
     md = run_markdown(summary, per_prompt)
     label = summary["predictor"].get("label") or summary["predictor"]["name"]
@@ -115,8 +116,8 @@ def render_run(run_dir: Path) -> dict[str, Path]:
             for fn in (P.kl_distribution, P.kl_vs_context, P.calibration)]
     body = f"<pre>{html.escape(md)}</pre>" + "".join(f'<img alt="plot" src="{u}">' for u in imgs)
     paths = {"md": run_dir / "report.md", "html": run_dir / "report.html"}
-    paths["md"].write_text(md)
-    paths["html"].write_text(html_page(f"logitpred run {summary['run_id']}", body))
+    atomic_write_text(paths["md"], md)
+    atomic_write_text(paths["html"], html_page(f"logitpred run {summary['run_id']}", body))
     return paths
 
 
@@ -124,9 +125,9 @@ def render(run_id: str, root: Path | None = None) -> tuple[str, dict[str, Path]]
     """Re-render a run or gate report by id; returns (Markdown text, written paths)."""
     folder = find(run_id, root)
     if (folder / "report.json").is_file():
-        report = json.loads((folder / "report.json").read_text())
+        report = read_json(folder / "report.json")
         md = gate_markdown(report)
-        (folder / "report.md").write_text(md)
+        atomic_write_text(folder / "report.md", md)
         return md, {"md": folder / "report.md"}
     paths = render_run(folder)
     return paths["md"].read_text(), paths
