@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from predictors.base import Predictor, view
-from predictors.format import ValidatedPredictions, read_jsonl, validate
+from predictors.format import ValidatedPredictions, validate, validate_file
 from tasks.paths import sha256_file
 from tasks.suite import Suite
 
@@ -47,11 +47,13 @@ def score_matrix(truth_logp: np.ndarray, pred_p: np.ndarray, next_ids: np.ndarra
 
 
 def load_file(path: Path, suite: Suite, split: str) -> ValidatedPredictions:
-    """Read and validate a predictions file against a suite split (bad lines reported, good ones kept)."""
+    """Read and validate a predictions file against a suite split (bad lines reported, good ones kept).
+
+    The file is streamed (``predictors.format.validate_file``): memory is the accepted rows, not the file's lines.
+    """
     if not path.is_file():
         raise ScoringError(f"predictions file {path} does not exist")
-    preds, errors = read_jsonl(path)
-    return validate(preds, [p.id for p in suite.prompts(split)], suite.vocabulary, suite.background, errors=errors)
+    return validate_file(path, [p.id for p in suite.prompts(split)], suite.vocabulary, suite.background)
 
 
 def score(suite: Suite, split: str, preds: ValidatedPredictions, *, predictor: dict[str, Any], strict: bool = False,

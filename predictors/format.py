@@ -5,7 +5,9 @@ A prediction for one prompt is a JSON object (one per line in a ``.jsonl`` file)
     {"prompt_id": "wiki-3fa2c1d9e0aa", "top": {" Paris": 0.6, " the": 0.1}, "rest": "uniform"}
 
 - ``top``: candidate -> probability. Candidates are token texts as they decode (``" Paris"``), raw tokenizer forms
-  (``"ĠParis"``) or, in the list form ``[[" Paris", 0.6], [12, 0.1]]``, integer token ids.
+  (``"ĠParis"``) or, in the list form ``[[" Paris", 0.6], [12, 0.1]]``, integer token ids. A name is matched exactly,
+  then in its Unicode NFC form, and must name exactly one token: a name that is the decoded text of several tokens, or
+  one token's text and another's raw form, is refused as ambiguous, listing every id it names (``tasks/vocab.py``).
 - ``rest``: how the remaining mass ``1 - sum(top)`` spreads over all *other* tokens: ``"uniform"`` (default) or
   ``"unigram"`` (proportional to the suite's train-part unigram).
 - Or a full vector: ``"probs": [...]`` (vocabulary-sized list) or ``"probs_b64"`` (base64 of little-endian float32),
@@ -16,27 +18,38 @@ Validation turns every prediction into a full, strictly positive float64 vector,
 - at least ``min_rest`` (1e-6) is left for the rest: if the named mass leaves less, the named probabilities are scaled
   by ``(1 - min_rest) / sum`` (documented, not silent: it changes probabilities by at most ``tol + min_rest``);
 - a full vector's zero entries are treated as unnamed tokens and share ``min_rest`` by the rest rule.
-Errors name the line, the prompt id and the field; a bad line never discards good ones (see ``load_predictions``).
+Errors name the line, the prompt id and the field; a bad line never discards good ones (see ``validate_file``).
+
+Files are read line by line as bytes: each line is decoded as strict UTF-8 (a line that is not is rejected by number;
+a line may contain U+FFFD itself), a UTF-8 byte-order mark is accepted at the start of the file only, and a JSON
+object naming a key twice is rejected naming the key (``tasks.io.loads_json``). ``validate_file`` streams: it keeps
+only the accepted rows (in one buffer), never the parsed lines. Near-match suggestions for unknown names cost ~0.1 s
+each on a 49k vocabulary, so a file gets them for its first ``HINT_LIMIT`` distinct unknown names only.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import gzip
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
+from tasks.io import BOM, DuplicateKeyError, atomic_write, loads_json
 from tasks.vocab import Vocabulary
 
 REST_RULES = ("uniform", "unigram")
 TOL = 1e-3
 MIN_REST = 1e-6
+HINT_LIMIT = 20  # distinct unknown names per file that get near-match suggestions
+BOM_BYTES = BOM.encode("utf-8")
 
 
 class PredictionError(ValueError):
@@ -45,12 +58,15 @@ class PredictionError(ValueError):
 
 @dataclass(frozen=True)
 class Prediction:
+    """One prompt's prediction as given: ``top`` (names or ids -> p) with a ``rest`` rule, or a full vector."""
+
     prompt_id: str
     top: Mapping[str | int, float] | Sequence[tuple[str | int, float]] = field(default_factory=dict)
     rest: str = "uniform"
     probs: np.ndarray | None = None  # full vector instead of top/rest
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON object of one line: ``top`` as an object when every candidate is a string, else as a list."""
         if self.probs is not None:
             data = np.asarray(self.probs, dtype="<f4").tobytes()
             return {"prompt_id": self.prompt_id, "probs_b64": base64.b64encode(data).decode()}
@@ -61,6 +77,7 @@ class Prediction:
 
     @classmethod
     def from_json(cls, obj: Any) -> Prediction:
+        """The prediction of one parsed line; ``PredictionError`` for a wrong shape (tokens are checked by densify)."""
         if not isinstance(obj, dict):
             raise PredictionError(f"expected a JSON object, got {type(obj).__name__}")
         pid = obj.get("prompt_id")
@@ -96,8 +113,13 @@ class Prediction:
 
 
 def densify(pred: Prediction, vocab: Vocabulary, background: np.ndarray | None = None, *, tol: float = TOL,
-            min_rest: float = MIN_REST) -> np.ndarray:
-    """Validate one prediction and return its full, strictly positive distribution (float64, sums to 1)."""
+            min_rest: float = MIN_REST, explain: Callable[[str], str] | None = None) -> np.ndarray:
+    """Validate one prediction and return its full, strictly positive distribution (float64, sums to 1).
+
+    ``explain(name)`` words the refusal of a name that is no single token (default: ``vocab.explain_unknown``, with
+    near-match suggestions; files use a ``Hints`` budget instead).
+    """
+    explain = explain or vocab.explain_unknown
     V, pid = len(vocab), pred.prompt_id
     if pred.rest not in REST_RULES:
         raise PredictionError(f"prompt {pid}: 'rest' is {pred.rest!r}; use one of {', '.join(REST_RULES)}")
@@ -129,7 +151,7 @@ def densify(pred: Prediction, vocab: Vocabulary, background: np.ndarray | None =
             else:
                 tid = vocab.lookup(cand)
                 if tid is None:
-                    raise PredictionError(f"{where}: {vocab.explain_unknown(cand)}")
+                    raise PredictionError(f"{where}: {explain(cand)}")
             if isinstance(p, int) and not isinstance(p, bool) and abs(p) > 1:  # huge ints overflow math.isfinite
                 raise PredictionError(f"{where}: probability {p!r} is above 1")
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p < 0:
@@ -139,8 +161,8 @@ def densify(pred: Prediction, vocab: Vocabulary, background: np.ndarray | None =
                 ps_list.append(float(p))
         named = np.array(named_list, dtype=np.int64)
         if np.unique(named).size != named.size:
-            dup = [vocab.text[t] for t in named if (named == t).sum() > 1][0]
-            raise PredictionError(f"prompt {pid}: token {dup!r} is named more than once in 'top'")
+            dup = int([t for t in named if (named == t).sum() > 1][0])
+            raise PredictionError(f"prompt {pid}: token {dup} ({vocab.text[dup]!r}) is named more than once in 'top'")
         ps = np.array(ps_list, dtype=np.float64)
         total = ps.sum()
         if total > 1.0 + tol:
@@ -163,69 +185,223 @@ def densify(pred: Prediction, vocab: Vocabulary, background: np.ndarray | None =
     return q
 
 
+
+
 @dataclass
 class ValidatedPredictions:
+    """A file's or predictor's predictions after validation: accepted rows in suite order, and what was not."""
+
     prompt_ids: list[str]  # in the suite's order, only accepted ones
     probs: np.ndarray  # (n, vocab) float64, rows strictly positive and summing to 1
     errors: list[str]  # one readable message per rejected line or prompt
     missing: list[str]  # suite prompts without an accepted prediction
 
 
-def read_jsonl(path: Path) -> tuple[list[tuple[int, Prediction]], list[str]]:
-    """Parse a predictions file; returns (line number, prediction) pairs and messages for lines that failed."""
-    import gzip
+class Hints:
+    """Words the refusal of names that are no single token, with bounded work and size per file.
 
+    Near-match suggestions (a difflib search, ~0.1 s on a 49k vocabulary) are made for the first ``limit`` distinct
+    unknown names only; later ones get a plain message. An ambiguous name gets its full explanation (every id, and how
+    to name each) the first time; a name explained before gets a short message pointing at the line that explains it.
+    Remembered names are at most ``limit`` plus the vocabulary's ambiguous names, so memory stays bounded too.
+    """
+
+    def __init__(self, vocab: Vocabulary, limit: int = HINT_LIMIT) -> None:
+        self.vocab, self.limit = vocab, limit
+        self.line: int | None = None  # the line being validated, set by the caller
+        self.searched = 0
+        self._first: dict[str, int | None] = {}  # name -> line of its full explanation
+
+    def __call__(self, name: str) -> str:
+        """The refusal of ``name`` (see the class)."""
+        ids = self.vocab.ids_named(name)
+        key = f"{len(ids) > 1}:{self.vocab.canonical(name)}"
+        if key in self._first:
+            at = self._first[key]
+            where = f"line {at}" if at is not None else "its first refusal"
+            if len(ids) > 1:
+                return f"{name!r} is ambiguous: it names {len(ids)} tokens (ids and how to name each at {where})"
+            return f"{self.vocab.explain_unknown(name, suggest=False)} (nearest entries at {where})"
+        if len(ids) > 1:  # few per vocabulary (57 in SmolLM2's): each is explained in full once
+            self._first[key] = self.line
+            return self.vocab.explain_ambiguous(name, ids)
+        if self.searched >= self.limit:
+            return (f"{self.vocab.explain_unknown(name, suggest=False)} (nearest entries are suggested for the first "
+                    f"{self.limit} unknown names of a file only)")
+        self.searched += 1
+        self._first[key] = self.line
+        return self.vocab.explain_unknown(name)
+
+
+class _Validator:
+    """Checks prompt ids (unknown, duplicate) and densifies predictions one at a time, keeping only accepted rows.
+
+    Rows go into one float64 buffer in arrival order, grown 1.25x at a time (``ndarray.resize``, a realloc), then put
+    in suite order in place and shrunk: the peak stays near the accepted rows' size (stacking a list needs twice it).
+    """
+
+    def __init__(self, prompt_ids: Sequence[str], vocab: Vocabulary, background: np.ndarray | None,
+                 errors: list[str]) -> None:
+        self.prompt_ids, self.vocab, self.background, self.errors = list(prompt_ids), vocab, background, errors
+        self.index = {pid: i for i, pid in enumerate(self.prompt_ids)}
+        self.hints = Hints(vocab)
+        self.buf, self.positions = np.empty((0, len(vocab))), []  # rows, and the suite position of each
+
+    def add(self, line: int | None, pred: Prediction) -> None:
+        at = f"line {line}: " if line is not None else ""
+        if pred.prompt_id not in self.index:
+            self.errors.append(f"{at}unknown prompt_id {pred.prompt_id!r}: not in this suite split")
+            return
+        if self.index[pred.prompt_id] < 0:
+            self.errors.append(f"{at}duplicate prompt_id {pred.prompt_id!r}: only the first prediction is kept")
+            return
+        position, self.index[pred.prompt_id] = self.index[pred.prompt_id], -1  # -1: seen
+        self.hints.line = line
+        try:
+            row = densify(pred, self.vocab, self.background, explain=self.hints)
+        except PredictionError as e:
+            self.errors.append(f"{at}{e}")
+            return
+        n = len(self.positions)
+        if n == len(self.buf):  # no view of buf ever leaves this object, so a realloc is safe
+            self.buf.resize((min(len(self.index), max(8, int(n * 1.25) + 1)), self.buf.shape[1]), refcheck=False)
+        self.buf[n] = row
+        self.positions.append(position)
+
+    def result(self) -> ValidatedPredictions:
+        order, n = np.argsort(self.positions, kind="stable"), len(self.positions)  # new row j is old row order[j]
+        done, tmp = np.zeros(n, dtype=bool), np.empty(self.buf.shape[1])
+        for start in range(n):  # apply the permutation in place, one cycle at a time, with one row of scratch
+            if not done[start] and order[start] != start:
+                tmp[:], j = self.buf[start], start
+                while order[j] != start:
+                    self.buf[j], done[j], j = self.buf[order[j]], True, int(order[j])
+                self.buf[j], done[j] = tmp, True
+        self.buf.resize((n, self.buf.shape[1]), refcheck=False)
+        accepted = [self.prompt_ids[i] for i in sorted(self.positions)]
+        taken = set(accepted)
+        return ValidatedPredictions(accepted, self.buf, self.errors, [p for p in self.prompt_ids if p not in taken])
+
+
+def _parse_line(n: int, data: bytes) -> Prediction | str | None:
+    """One line's prediction, or the reason it is rejected, or None for a blank line."""
+    if n == 1 and data.startswith(BOM_BYTES):
+        data = data[len(BOM_BYTES):]
+    if not data.strip():
+        return None
+    try:
+        text = data.decode("utf-8")  # strict: U+FFFD in the text is a character like any other, bad bytes are not
+    except UnicodeDecodeError as e:
+        return f"not valid UTF-8 (byte 0x{data[e.start]:02x} at byte {e.start + 1} of the line); save the file as UTF-8"
+    if text.startswith(BOM):
+        return "starts with a byte-order mark (U+FEFF), allowed only at the start of the file (concatenated files?)"
+    try:
+        obj = loads_json(text)
+    except json.JSONDecodeError as e:
+        return f"malformed JSON ({e.msg} at column {e.colno})"
+    except DuplicateKeyError as e:
+        return str(e)
+    except RecursionError:
+        return "malformed JSON (nested too deeply)"
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        return f"unreadable JSON ({e})"
+    try:
+        return Prediction.from_json(obj)
+    except PredictionError as e:
+        return str(e)
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Prediction | str]]:
+    """Stream a predictions file (``.gz`` too): ``(line number, prediction or why the line is rejected)``.
+
+    Blank lines are skipped. A file that cannot be read on (a truncated ``.gz``) ends with a message for that line.
+    """
+    path, n = Path(path), 0
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+        try:
+            for n, data in enumerate(f, 1):
+                item = _parse_line(n, data)
+                if item is not None:
+                    yield n, item
+        except (OSError, EOFError, zlib.error) as e:
+            yield n + 1, f"cannot read the file from here on ({e}); later lines are not read"
+
+
+def read_jsonl(path: Path) -> tuple[list[tuple[int, Prediction]], list[str]]:
+    """Parse a whole predictions file: (line number, prediction) pairs and messages for lines that failed.
+
+    Holds every parsed line; to score a file use ``validate_file``, which streams.
+    """
     preds, errors = [], []
-    opener = gzip.open if path.suffix == ".gz" else open
-    # bytes that are not UTF-8 spoil only their own line (decoded with replacement, then rejected as bad JSON/tokens)
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if "\ufffd" in line and "\\ufffd" not in line:
-                errors.append(f"line {n}: not valid UTF-8 text; save the file as UTF-8")
-                continue
-            try:
-                preds.append((n, Prediction.from_json(json.loads(line))))
-            except json.JSONDecodeError as e:
-                errors.append(f"line {n}: malformed JSON ({e.msg} at column {e.colno})")
-            except RecursionError:
-                errors.append(f"line {n}: malformed JSON (nested too deeply)")
-            except PredictionError as e:
-                errors.append(f"line {n}: {e}")
+    for n, item in iter_jsonl(path):
+        if isinstance(item, str):
+            errors.append(f"line {n}: {item}")
+        else:
+            preds.append((n, item))
     return preds, errors
 
 
 def validate(preds: Iterable[tuple[int | None, Prediction]], prompt_ids: Sequence[str], vocab: Vocabulary,
              background: np.ndarray | None = None, *, errors: list[str] | None = None) -> ValidatedPredictions:
-    """Check ids (unknown, duplicate) and turn each prediction into a full distribution; collect every problem."""
-    errors = list(errors or [])
-    index = {pid: i for i, pid in enumerate(prompt_ids)}
-    rows: dict[str, np.ndarray] = {}
-    seen: set[str] = set()
+    """Check ids (unknown, duplicate) and turn each prediction into a full distribution; collect every problem.
+
+    ``preds`` is consumed one at a time (a generator streams); ``errors`` (not modified) come first in the result.
+    """
+    check = _Validator(prompt_ids, vocab, background, list(errors or []))
     for line, pred in preds:
-        at = f"line {line}: " if line is not None else ""
-        if pred.prompt_id not in index:
-            errors.append(f"{at}unknown prompt_id {pred.prompt_id!r}: not in this suite split")
-            continue
-        if pred.prompt_id in seen:
-            errors.append(f"{at}duplicate prompt_id {pred.prompt_id!r}: only the first prediction is kept")
-            continue
-        seen.add(pred.prompt_id)
-        try:
-            rows[pred.prompt_id] = densify(pred, vocab, background)
-        except PredictionError as e:
-            errors.append(f"{at}{e}")
-    ordered = [pid for pid in prompt_ids if pid in rows]
-    probs = np.stack([rows[p] for p in ordered]) if ordered else np.empty((0, len(vocab)))
-    return ValidatedPredictions(ordered, probs, errors, [p for p in prompt_ids if p not in rows])
+        check.add(line, pred)
+    return check.result()
 
 
-def write_jsonl(path: Path, preds: Iterable[Prediction]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def validate_file(path: Path, prompt_ids: Sequence[str], vocab: Vocabulary,
+                  background: np.ndarray | None = None) -> ValidatedPredictions:
+    """Read and validate a predictions file as a stream (bad lines reported in line order, good ones kept).
+
+    Memory: the accepted rows (one float64 vector per accepted prompt, at most 1.25x while growing) plus one line.
+    """
+    check = _Validator(prompt_ids, vocab, background, [])
+    for n, item in iter_jsonl(path):
+        if isinstance(item, str):
+            check.errors.append(f"line {n}: {item}")
+        else:
+            check.add(n, item)
+    return check.result()
+
+
+def readable(pred: Prediction, vocab: Vocabulary) -> Prediction:
+    """``pred`` with every candidate string that would not read back as the token it means written as that token's id.
+
+    The token a string means is ``vocab.intended``: the one it names or, when it is ambiguous, the one whose decoded
+    text it is. A string that names no token, or is the decoded text of several, means no id: it is kept as written
+    (its line is rejected on reading, as it would be anyway).
+    """
+    if pred.probs is not None:
+        return pred
+    pairs = list(pred.top.items()) if isinstance(pred.top, Mapping) else list(pred.top)
+    out, changed = [], False
+    for cand, p in pairs:
+        if isinstance(cand, str) and vocab.lookup(cand) is None:
+            tid = vocab.intended(cand)
+            if tid is not None:
+                cand, changed = tid, True
+        out.append((cand, p))
+    return Prediction(pred.prompt_id, out, pred.rest) if changed else pred
+
+
+def write_jsonl(path: Path, preds: Iterable[Prediction], vocab: Vocabulary | None = None) -> int:
+    """Write predictions as JSONL (atomically: the old file or the whole new one); returns how many were written.
+
+    With ``vocab``, candidates are written so that reading the file back gives the same ids (see ``readable``):
+    a string that does not name its token alone is written as the integer id, in the list form ``[[id, p], ...]``.
+    """
     n = 0
-    with open(path, "w", encoding="utf-8") as f:
+
+    def write(f: IO[bytes]) -> None:
+        nonlocal n
         for p in preds:
-            f.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
+            p = readable(p, vocab) if vocab is not None else p
+            f.write((json.dumps(p.to_json(), ensure_ascii=False) + "\n").encode("utf-8"))
             n += 1
+
+    atomic_write(Path(path), write)
     return n
