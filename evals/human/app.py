@@ -8,27 +8,42 @@ Endpoints (all JSON under ``/api``; every POST needs the session's ``X-CSRF-Toke
 Sealed answers get no feedback of any kind, and the server never loads sealed truth (see ``game.py``).
 
 Abuse handling: bodies over ``max_body`` bytes get 413 before any parsing (FastAPI's ``max_body_size``); malformed
-JSON, numbers or fields get a 422 naming the field; forged or expired sessions 401, wrong role or CSRF token 403,
-unknown or foreign ids 404, a second answer 409, too many sealed answers a minute 429. Nothing is stored unless the
-whole answer is valid. Leaves out: TLS (run it behind a reverse proxy, with ``secure_cookies``).
+JSON, numbers or fields get a 422 naming the field; a JSON key, form field or query parameter given twice gets a 422
+naming it (bodies are parsed with ``tasks.io.loads_json``, never "the last one wins"); forged or expired sessions 401,
+wrong role or CSRF token 403, unknown or foreign ids 404, a second answer 409, too many sealed answers a minute 429.
+Nothing is stored unless the whole answer is valid. Leaves out: TLS (run it behind a reverse proxy, with
+``secure_cookies`` and ``public_url``).
+
+Cross-site requests: every POST also has its ``Origin`` compared, as scheme, host and port (default ports implied),
+with ``public_url`` (the address participants open, ``serve --url``), or, when none is given, with the request's own
+scheme and ``Host``. Behind a reverse proxy the ``Host`` the app sees is the proxy's upstream (nginx sends
+``127.0.0.1:8000`` by default), so a public deployment needs ``public_url``. Without ``Origin`` the ``Referer`` is
+checked the same way (OWASP); with neither (non-browser clients: browsers send ``Origin`` on every cross-origin POST)
+the session's CSRF token decides alone. ``Origin: null`` (an opaque origin: a sandboxed frame, a ``data:`` page) is
+refused on the JSON API, which the page calls with ``fetch`` and so with its real origin; the login form's POST is a
+navigation, for which the browser sends ``null`` under our ``Referrer-Policy: no-referrer``, so there it counts as
+absent and the login form token (a ``SameSite=Strict`` double-submit cookie) decides.
 """
 
 import hmac
 import json
 import secrets
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tasks.io import DuplicateKeyError, loads_json
 from tasks.suite import SPLITS, Suite
 
 from .db import AlreadyAnswered, DbError, RateLimited, open_db
@@ -40,6 +55,28 @@ COOKIE, JOIN_COOKIE = "logitpred_session", "logitpred_join"
 HEADERS = [(b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'; form-action 'self'; "
             b"base-uri 'none'"), (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
            (b"x-frame-options", b"DENY")]
+DEFAULT_PORTS = {"http": 80, "https": 443}
+Origin = tuple[str, str, int]  # scheme, host, port
+
+
+def web_origin(url: str) -> Origin | None:
+    """(scheme, host, port) of an http(s) URL or Origin header, normalized: lower case, IDNA host, default port
+    explicit; None when it is not one (``null``, another scheme, no host, a bad port)."""
+    try:
+        parts = urlsplit(url.strip())
+        scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
+        if scheme not in DEFAULT_PORTS or not host:
+            return None
+        host = host.rstrip(".").encode("idna").decode("ascii")
+    except (ValueError, UnicodeError):
+        return None
+    return scheme, host, port or DEFAULT_PORTS[scheme]
+
+
+def show_origin(o: Origin) -> str:
+    scheme, host, port = o
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + ("" if port == DEFAULT_PORTS[scheme] else f":{port}")
 
 
 class CandidateIn(BaseModel):
@@ -55,6 +92,64 @@ class AnswerIn(BaseModel):
     mode: Literal["list", "quick"] = "list"
     rest: Literal["uniform", "unigram"] = "unigram"
     candidates: list[CandidateIn] = Field(max_length=MAX_CANDIDATES)
+
+
+class EmptyIn(BaseModel):
+    """A POST without parameters (logout): an empty body or ``{}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def json_body(model: type[BaseModel], *, optional: bool = False) -> Any:
+    """A dependency parsing the request body strictly with ``tasks.io.loads_json`` (a repeated key is refused with
+    a 422 naming it, where FastAPI's own parsing keeps the last value) and validating it as ``model``."""
+
+    async def parse(request: Request) -> BaseModel:
+        raw = await request.body()  # FastAPI's max_body_size applies here too (413 past the limit)
+        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if not (ctype == "application/json" or ctype.endswith("+json")):
+            raise HTTPException(415, f"send the body as application/json, not {ctype!r}")
+        if optional and not raw.strip():
+            raw = b"{}"
+        try:
+            obj = loads_json(raw)
+        except DuplicateKeyError as e:
+            raise HTTPException(422, f"body: {e}") from e
+        except UnicodeDecodeError as e:
+            raise HTTPException(422, f"body: not UTF-8 ({e.reason} at byte {e.start})") from e
+        except ValueError as e:  # json.JSONDecodeError
+            raise HTTPException(422, f"body: malformed JSON ({e})") from e
+        try:
+            return model.model_validate(obj)
+        except ValidationError as e:
+            raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from e
+
+    return Depends(parse)
+
+
+def no_repeated_query(request: Request) -> None:
+    """Refuse a query parameter given twice (``?split=practice&split=sealed``) instead of keeping the last one."""
+    twice = [k for k, n in Counter(k for k, _ in request.query_params.multi_items()).items() if n > 1]
+    if twice:
+        raise HTTPException(422, f"query parameter {twice[0]!r} is given more than once: give it once")
+
+
+JOIN_FIELDS = {"token", "form_token"}
+
+
+async def join_form(request: Request) -> dict[str, str]:
+    """The login form's fields, each exactly once (a repeated field is refused, not "the last one wins")."""
+    form = await request.form(max_files=0, max_fields=len(JOIN_FIELDS) + 1)
+    items = form.multi_items()
+    counts = Counter(k for k, _ in items)
+    bad = ([f"field {k!r} is given more than once" for k, n in counts.items() if n > 1]
+           + [f"unknown field {k!r}" for k in counts if k not in JOIN_FIELDS]
+           + [f"field {k!r} is missing" for k in sorted(JOIN_FIELDS - set(counts))]
+           + [f"field {k!r} is not text or is over 200 characters" for k, v in items
+              if not isinstance(v, str) or len(v) > 200])
+    if bad:
+        raise HTTPException(422, "login form: " + "; ".join(bad))
+    return {k: str(v) for k, v in items}
 
 
 class SecurityHeaders:
@@ -73,15 +168,25 @@ class SecurityHeaders:
 
 
 def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: int = 20, max_body: int = 16384,
-               secure_cookies: bool = False, game: Game | None = None) -> FastAPI:
+               secure_cookies: bool = False, public_url: str | None = None, game: Game | None = None) -> FastAPI:
     """Build the app for one suite; opens (and schema-checks) the database now, so a bad one fails at start-up.
 
+    ``public_url`` is the address participants open (``serve --url``, e.g. ``https://predict.example.org`` behind a
+    reverse proxy): POSTs must come from that origin. Without it, from the request's own scheme and ``Host``.
     ``game`` reuses an already built ``Game`` of the same suite (tests and benchmarks start several apps).
+    Raises ValueError for a ``public_url`` that is not an http(s) address.
     """
+    public_origin = None
+    if public_url is not None:
+        public_origin = web_origin(public_url)
+        if public_origin is None:
+            raise ValueError(f"public URL {public_url!r}: give the address participants open, as "
+                             "https://host or https://host:port")
     game, db = game or Game(suite), open_db(db_url, suite)
     # FastAPI's own limit: 413 before parsing, for declared lengths and chunked bodies alike
     app = FastAPI(title="logitpred human form", docs_url=None, redoc_url=None, openapi_url=None,
-                  max_body_size=max_body)
+                  max_body_size=max_body, dependencies=[Depends(no_repeated_query)])
+    app.state.public_origin = public_origin
     app.state.game, app.state.db = game, db
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
@@ -122,10 +227,25 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
             raise HTTPException(403, "organiser only")
         return s
 
-    def csrf(request: Request, s: Annotated[dict, Depends(participant)]) -> dict[str, Any]:
+    def same_origin(request: Request, *, opaque_ok: bool) -> None:
+        """Refuse a request whose ``Origin`` (or, without one, ``Referer``) is not this server's (module docstring)."""
         origin = request.headers.get("origin")
-        if origin and origin.split("://", 1)[-1] != request.headers.get("host"):
-            raise HTTPException(403, f"cross-site request from {origin} refused")
+        if origin is not None and origin.strip() == "null":
+            if not opaque_ok:
+                raise HTTPException(403, "cross-site request from an opaque origin (Origin: null) refused")
+            origin = None
+        source = origin if origin is not None else request.headers.get("referer")
+        if source is None:
+            return  # a non-browser client: the CSRF token decides
+        expected = public_origin or web_origin(f"{request.url.scheme}://{request.headers.get('host', '')}")
+        if expected is None or web_origin(source) != expected:
+            what = "Origin" if origin is not None else "Referer"
+            mine = show_origin(expected) if expected else "unknown (no Host header)"
+            raise HTTPException(403, f"cross-site request refused: {what} {source[:200]!r} is not this server's "
+                                     f"address {mine}" + ("" if public_origin else " (behind a proxy, give serve --url)"))
+
+    def csrf(request: Request, s: Annotated[dict, Depends(participant)]) -> dict[str, Any]:
+        same_origin(request, opaque_ok=False)
         if not hmac.compare_digest(request.headers.get("x-csrf-token", ""), s["csrf"]):
             raise HTTPException(403, "missing or wrong X-CSRF-Token: reload the page")
         return s
@@ -146,8 +266,12 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
         return resp
 
     @app.post("/join")
-    def join(request: Request, token: Annotated[str, Form(max_length=200)],
-             form_token: Annotated[str, Form(max_length=200)]) -> Response:
+    def join(request: Request, form: Annotated[dict, Depends(join_form)]) -> Response:
+        token, form_token = form["token"], form["form_token"]
+        try:
+            same_origin(request, opaque_ok=True)
+        except HTTPException as e:
+            return page(request, "message.html", 403, title="Cannot log in", message=str(e.detail))
         if not hmac.compare_digest(request.cookies.get(JOIN_COOKIE, ""), form_token):
             return page(request, "message.html", 403, title="Cannot log in",
                         message="The login form expired or came from another site. Open your invitation link again.")
@@ -162,7 +286,8 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
         return resp
 
     @app.post("/api/logout")
-    def logout(request: Request, _s: Annotated[dict, Depends(csrf)]) -> Response:
+    def logout(request: Request, _s: Annotated[dict, Depends(csrf)],
+               _body: Annotated[EmptyIn, json_body(EmptyIn, optional=True)]) -> Response:
         db.end_session(request.cookies.get(COOKIE, ""))
         resp = JSONResponse({"logged_out": True})
         resp.delete_cookie(COOKIE)
@@ -209,10 +334,10 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
 
     @app.get("/api/tokenize")
     def tokenize(_s: Annotated[dict, Depends(session)], text: Annotated[str, Query(max_length=200)] = "") -> dict:
-        return {"text": text, "tokens": game.tokenize(text)}
+        return game.read(text)  # NFC text, its tokens, and a warning when the first token is not exactly the text
 
     @app.post("/api/answer")
-    def answer(body: AnswerIn, s: Annotated[dict, Depends(csrf)]) -> dict[str, Any]:
+    def answer(s: Annotated[dict, Depends(csrf)], body: Annotated[AnswerIn, json_body(AnswerIn)]) -> dict[str, Any]:
         try:
             split, _prompt = game.prompt(body.prompt_id)
         except KeyError as e:
@@ -234,7 +359,8 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
         except RateLimited as e:
             raise HTTPException(429, str(e), headers={"retry-after": str(e.retry_after)}) from e
         out = {"accepted": True, "submission_id": sid, "prompt_id": body.prompt_id, "split": split,
-               "candidates": [{**c.to_json(), "token": game.vocab.text[c.token_id]} for c in cands],
+               "candidates": [{**c.to_json(), "token": game.vocab.text[c.token_id], "warning": c.warning}
+                              for c in cands],
                "rest": body.rest, "answered": running["answered"], "total": len(game.prompts[split])}
         if fb:  # practice only
             out["feedback"], out["running"] = fb, running

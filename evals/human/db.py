@@ -33,6 +33,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from tasks.io import loads_json
 from tasks.paths import data_dir
 
 SCHEMA_VERSION = "1"
@@ -298,7 +299,7 @@ class Database:
         with self.read() as conn:
             rows = [dict(r._mapping) for r in conn.execute(q)]
         for r in rows:
-            r["candidates"] = json.loads(r["candidates"])
+            r["candidates"] = loads_json(r["candidates"])  # strict, like every JSON the harness reads
         return rows
 
 

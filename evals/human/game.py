@@ -5,12 +5,20 @@ Only the practice split's truth is ever loaded here (``truth_split("practice")``
 memory to leak. A typed continuation is tokenized on its own with the suite's tokenizer and only its first token is
 scored (the harness predicts one next token); for the byte-level BPE of the default target a word with its leading
 space (" Paris") is one token whether or not the prompt precedes it, which is why the page shows the split live.
+
+Typed text is first normalized to NFC: an accent typed as a combining mark (" cafe" + U+0301, as some keyboards send)
+would otherwise tokenize as " ca", "fe", ... instead of " café". It is then encoded as plain text: a participant typing
+``<|endoftext|>`` gets the tokens of those characters, never the control token (``encode_special_tokens``); the
+end-of-text token itself can still be picked from the vocabulary suggestions. When the token that counts is not exactly
+the typed text (several tokens, or a first token holding only part of a character, found from the tokens' character
+offsets, not by looking for U+FFFD, which a participant may type), ``read`` says so in a warning the page shows.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,15 +34,22 @@ SUM_TOL = 1e-6  # the page works in tenths of a percent; this only absorbs float
 TOP_K = 10
 
 
+def nfc(text: str) -> str:
+    """Unicode NFC: composed accents, as the tokenizer's training text mostly has them."""
+    return unicodedata.normalize("NFC", text)
+
+
 class AnswerError(ValueError):
     """An answer cannot be accepted; the message says which candidate and how to fix it."""
 
 
 @dataclass(frozen=True)
 class Candidate:
-    text: str  # what the participant typed (or picked)
+    text: str  # what the participant typed (NFC) or picked
     token_id: int  # the target token it maps to: the first token of ``text``, or the picked one
     p: float  # a fraction in (0, 1]
+    warning: str | None = None  # the token that counts is not exactly ``text`` (see ``Game.read``); not stored
+
 
     def to_json(self) -> dict[str, Any]:
         return {"text": self.text, "token_id": self.token_id, "p": self.p}
@@ -48,6 +63,7 @@ class Game:
         self.vocab = suite.vocabulary
         self.background = suite.background
         self.tokenizer = Tokenizer.from_file(str(suite.path / "tokenizer" / "tokenizer.json"))
+        self.tokenizer.encode_special_tokens = True  # typed "<|endoftext|>" is text, not the control token
         self.prompts = {s: suite.prompts(s) for s in SPLITS}
         self.split_of = {p.id: s for s in SPLITS for p in self.prompts[s]}
         ids, logp, nxt = suite.truth_split("practice")  # practice only, by design (see the module docstring)
@@ -75,7 +91,8 @@ class Game:
         return {"id": tid, "text": self.vocab.text[tid], "raw": self.vocab.raw[tid]}
 
     def complete(self, prefix: str, limit: int = 12) -> list[dict[str, Any]]:
-        """Vocabulary tokens whose text starts with ``prefix`` (or with a space and ``prefix``), commonest first."""
+        """Vocabulary tokens whose text starts with ``prefix`` (NFC; or with a space and it), commonest first."""
+        prefix = nfc(prefix)
         if not prefix:
             return []
         found: list[np.ndarray] = []
@@ -89,8 +106,35 @@ class Game:
         ids = ids[np.argsort(-self.background[ids], kind="stable")]
         return [self.token(int(i)) for i in ids]
 
+    def encode(self, text: str) -> Any:
+        """The tokenizer's encoding of ``text`` as plain text (special-token strings are not control tokens)."""
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
     def tokenize(self, text: str) -> list[dict[str, Any]]:
-        return [self.token(t) for t in self.tokenizer.encode(text, add_special_tokens=False).ids]
+        return self.read(text)["tokens"]
+
+    def read(self, typed: str) -> dict[str, Any]:
+        """How a typed continuation maps to the target's tokens: its NFC text, all its tokens, the first (the one that
+        counts), whether that first token is only part of a character, and a warning when the first token's text is
+        not exactly the (normalized) typed text; None when it is."""
+        text = nfc(typed)
+        enc = self.encode(text)
+        ids, offsets = enc.ids, enc.offsets
+        tokens = [self.token(t) for t in ids]
+        # a character split over tokens: the next token starts inside the first token's characters
+        partial = len(ids) > 1 and offsets[1][0] < offsets[0][1]
+        warning = None
+        if ids and (partial or self.vocab.text[ids[0]] != text):
+            first = f"token {ids[0]}, {self.vocab.text[ids[0]]!r}"
+            if partial:
+                char = text[offsets[0][1] - 1]
+                warning = (f"{text!r} is {len(ids)} tokens and the first ({first}) holds only part of the character "
+                           f"{char!r} (U+{ord(char):04X}): that partial token is the one that counts")
+            elif len(ids) > 1:
+                warning = f"{text!r} is {len(ids)} tokens: only the first ({first}) counts"
+            else:
+                warning = f"{text!r} becomes {first}"
+        return {"text": text, "normalized": text != typed, "tokens": tokens, "partial": partial, "warning": warning}
 
     # --- answers -----------------------------------------------------------------------------------------------------
     def resolve(self, items: list[dict[str, Any]]) -> list[Candidate]:
@@ -108,18 +152,20 @@ class Game:
             if tid is not None:
                 if not 0 <= tid < len(self.vocab):
                     raise AnswerError(f"{where}: token id {tid} is outside the vocabulary [0, {len(self.vocab)})")
-                if text != self.vocab.text[tid]:
+                if nfc(text) != nfc(self.vocab.text[tid]):
                     raise AnswerError(f"{where}: token {tid} is {self.vocab.text[tid]!r}, not {text!r}; pick it again")
+                text = self.vocab.text[tid]  # the picked token's own text
+                warning = None
             else:
-                ids = self.tokenizer.encode(text, add_special_tokens=False).ids
-                if not ids:
+                read = self.read(text)
+                if not read["tokens"]:
                     raise AnswerError(f"{where}: the text maps to no token; type at least one character")
-                tid = ids[0]
+                text, tid, warning = read["text"], read["tokens"][0]["id"], read["warning"]
             for c in out:
                 if c.token_id == tid:
                     raise AnswerError(f"{where} and {c.text!r} both start with the token {self.vocab.text[tid]!r}: "
                                       "merge them into one candidate (only the first token counts)")
-            out.append(Candidate(text, int(tid), float(p)))
+            out.append(Candidate(text, int(tid), float(p), warning))
         total = sum(c.p for c in out)
         if total > 1 + SUM_TOL:
             raise AnswerError(f"probabilities add up to {100 * total:.1f}%, over 100%: lower some of them")

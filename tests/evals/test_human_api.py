@@ -161,17 +161,18 @@ def _truth_values(suite, split: str) -> tuple[list[float], set[int], list[str]]:
     return values, ids, texts
 
 
-def _leaves(x, key=""):
-    """(key, value) of every scalar in parsed JSON, skipping timestamps (not truth; could match a value by chance)."""
+def _leaves(x, key="", parent=None):
+    """(key, value, enclosing object) of every scalar in parsed JSON, skipping timestamps (not truth; could match a
+    value by chance)."""
     if isinstance(x, dict):
         for k, v in x.items():
             if k != "created":
-                yield from _leaves(v, k)
+                yield from _leaves(v, k, x)
     elif isinstance(x, list):
         for v in x:
-            yield from _leaves(v, key)
+            yield from _leaves(v, key, parent)
     else:
-        yield key, x
+        yield key, x, parent or {}
 
 
 def _leaks(bodies: list[tuple[str, str]], values: list[float], ids: set[int], texts: list[str]) -> list[str]:
@@ -182,10 +183,12 @@ def _leaks(bodies: list[tuple[str, str]], values: list[float], ids: set[int], te
         except ValueError:  # HTML, JavaScript: look for the numbers as a page would print them
             found += [f"{where}: {t}" for t in texts if t in body]
             continue
-        for key, x in _leaves(obj):
+        for key, x, parent in _leaves(obj):
             if isinstance(x, bool) or x is None:
                 continue
-            if isinstance(x, int) and key in ("id", "token_id") and x in ids:
+            # a token id: "token_id", or "id" of a token object ({"id", "text", "raw"}), not a submission's own "id"
+            is_token = key == "token_id" or (key == "id" and "text" in parent)
+            if isinstance(x, int) and is_token and x in ids:
                 found.append(f"{where}: token id {x} under {key!r}")
             elif isinstance(x, float) and any(abs(x - v) <= 1e-7 * max(1e-3, abs(v)) for v in values):
                 found.append(f"{where}: value {x} under {key!r}")
@@ -528,3 +531,196 @@ def test_postgresql_works_unchanged(tiny_suite, game, postgres_url, tmp_path):
     assert sorted(f.name for f in files) == ["human-alice-sealed.jsonl", "human-team-sealed.jsonl"]
     app.state.close()
     open_db(postgres_url, tiny_suite).dispose()  # reopening checks the recorded schema version and suite
+
+
+# --- cross-site requests behind a reverse proxy ------------------------------------------------------------------------
+PUBLIC = "https://predict.example.org"
+PROXIED = {"host": "127.0.0.1:8000"}  # what nginx's default proxy_pass sends upstream
+
+
+def _answer(c, h, prompt_id: str, **headers) -> object:
+    body = json.dumps({"prompt_id": prompt_id, "candidates": [{"text": " a", "p": 0.5}]})
+    return c.post("/api/answer", content=body, headers={**h, "content-type": "application/json", **headers})
+
+
+def test_origin_is_checked_against_the_public_url_behind_a_proxy(tiny_suite, game, tmp_path):
+    app = create_app(tiny_suite, db_url=f"sqlite:///{tmp_path / 'h.sqlite'}", public_url=PUBLIC, game=game)
+    c, h = participant(app, "alice")
+    prompts = iter(p.id for s in ("practice", "sealed") for p in tiny_suite.prompts(s))
+    accepted = {
+        "the public origin, as a browser behind the proxy sends it": {**PROXIED, "origin": PUBLIC},
+        "the same origin with its default port and other case": {**PROXIED, "origin": "HTTPS://Predict.Example.org:443"},
+        "no Origin, a Referer on the public origin": {**PROXIED, "referer": PUBLIC + "/"},
+        "neither Origin nor Referer (a non-browser client): the CSRF token decides": PROXIED,
+    }
+    for what, headers in accepted.items():
+        r = _answer(c, h, next(prompts), **headers)
+        assert r.status_code == 200, f"{what}: {r.status_code} {r.text}"
+    refused = {
+        "http instead of https": {**PROXIED, "origin": "http://predict.example.org"},
+        "another host": {**PROXIED, "origin": "https://evil.example"},
+        "another port": {**PROXIED, "origin": "https://predict.example.org:8443"},
+        "a host that only starts like ours": {**PROXIED, "origin": "https://predict.example.org.evil.example"},
+        "an opaque origin": {**PROXIED, "origin": "null"},
+        "the proxy's upstream address, which is not where participants are": {**PROXIED,
+                                                                               "origin": "http://127.0.0.1:8000"},
+        "no Origin, a foreign Referer": {**PROXIED, "referer": "https://evil.example/predict.example.org"},
+        "no Origin, a Referer over http": {**PROXIED, "referer": "http://predict.example.org/"},
+    }
+    for what, headers in refused.items():
+        r = _answer(c, h, next(prompts), **headers)
+        assert r.status_code == 403, f"{what}: {r.status_code} {r.text}"
+        assert "cross-site request" in r.json()["detail"], what
+    r = _answer(c, h, tiny_suite.prompts("sealed")[-1].id, **PROXIED, origin="https://evil.example")
+    assert r.json()["detail"] == ("cross-site request refused: Origin 'https://evil.example' is not this server's "
+                                  "address https://predict.example.org")
+    assert stored(app) == len(accepted)
+    # logout is a POST too
+    assert c.post("/api/logout", headers={**h, **PROXIED, "origin": "https://evil.example"}).status_code == 403
+    assert c.post("/api/logout", headers={**h, **PROXIED, "origin": PUBLIC}).status_code == 200
+    # the login form: a foreign origin is refused before the invitation is used; Chrome's "null" for our own form
+    # (a navigation under Referrer-Policy: no-referrer) counts as absent, and the form token decides
+    token = app.state.db.add_participant("bob")
+    b = TestClient(app)
+    form_token = FORM_TOKEN.search(b.get(f"/join/{token}").text).group(1)
+    data = {"token": token, "form_token": form_token}
+    evil = b.post("/join", data=data, headers={**PROXIED, "origin": "https://evil.example"}, follow_redirects=False)
+    assert evil.status_code == 403 and app.state.db.invitation_state(token) == "valid"
+    ok = b.post("/join", data=data, headers={**PROXIED, "origin": "null"}, follow_redirects=False)
+    assert ok.status_code == 303 and b.get("/api/me").json()["name"] == "bob"
+    app.state.close()
+    with pytest.raises(ValueError, match="public URL 'predict.example.org'"):
+        create_app(tiny_suite, db_url=f"sqlite:///{tmp_path / 'x.sqlite'}", public_url="predict.example.org", game=game)
+
+
+def test_origin_without_a_public_url_is_the_requests_own_scheme_and_host(app, tiny_suite):
+    c, h = participant(app, "alice")
+    prompts = iter(p.id for p in tiny_suite.prompts("practice"))
+    assert _answer(c, h, next(prompts), host="127.0.0.1:8000", origin="http://127.0.0.1:8000").status_code == 200
+    assert _answer(c, h, next(prompts), host="form.example", origin="http://form.example:80").status_code == 200
+    for origin in ("https://127.0.0.1:8000", "http://127.0.0.1:8001", "http://localhost:8000"):
+        assert _answer(c, h, next(prompts), host="127.0.0.1:8000", origin=origin).status_code == 403, origin
+    # the fault this replaces: behind a proxy without the public URL, a legitimate answer cannot be told from a
+    # foreign one; the refusal says what to do
+    r = _answer(c, h, next(prompts), **PROXIED, origin=PUBLIC)
+    assert r.status_code == 403 and "give serve --url" in r.json()["detail"]
+    assert stored(app) == 2
+
+
+# --- typed text: Unicode forms, several tokens, special-token strings --------------------------------------------------
+def test_nfd_text_gets_the_same_token_as_nfc(app, tiny_suite, game):
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", " café"), unicodedata.normalize("NFD", " café")
+    assert nfd != nfc and len(nfd) == len(nfc) + 1  # "e" + U+0301
+    cafe = tiny_suite.vocabulary.lookup(" café")
+    assert cafe is not None
+    raw = game.tokenizer.encode(nfd, add_special_tokens=False).ids  # the fault: NFD tokenizes as " ca", "fe", ...
+    assert raw[0] != cafe and tiny_suite.vocabulary.text[raw[0]] == " ca"
+    assert [t["id"] for t in game.read(nfd)["tokens"]] == [t["id"] for t in game.read(nfc)["tokens"]] == [cafe]
+    c, h = participant(app, "alice")
+    tk = c.get("/api/tokenize", params={"text": nfd}).json()
+    assert tk["text"] == nfc and tk["normalized"] is True and tk["warning"] is None
+    assert [t["id"] for t in tk["tokens"]] == [cafe]
+    assert cafe in [t["id"] for t in c.get("/api/vocab", params={"q": nfd}).json()["tokens"]]  # suggestions too
+    pid = tiny_suite.prompts("practice")[0].id
+    r = c.post("/api/answer", headers=h, json={"prompt_id": pid, "candidates": [{"text": nfd, "p": 0.3}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["candidates"] == [{"text": nfc, "token_id": cafe, "p": 0.3, "token": " café", "warning": None}]
+    assert app.state.db.list_submissions()[0]["candidates"] == [{"text": nfc, "token_id": cafe, "p": 0.3}]
+
+
+def test_a_typed_text_of_several_tokens_warns_which_token_counts(app, tiny_suite, game):
+    vocab = tiny_suite.vocabulary
+    cafe = vocab.lookup(" café")
+    c, h = participant(app, "alice")
+    tk = c.get("/api/tokenize", params={"text": " café au lait"}).json()
+    assert tk["tokens"][0]["id"] == cafe and len(tk["tokens"]) == 4
+    assert tk["warning"] == f"' café au lait' is 4 tokens: only the first (token {cafe}, ' café') counts"
+    assert c.get("/api/tokenize", params={"text": " café"}).json()["warning"] is None  # exactly one token
+    # a first token that is only part of a character (byte-level BPE splits 日 over tokens)
+    part = c.get("/api/tokenize", params={"text": " 日本"}).json()
+    first = part["tokens"][0]["id"]
+    assert part["partial"] is True and vocab.text[first] == " \ufffd"
+    assert part["warning"] == (f"' 日本' is {len(part['tokens'])} tokens and the first (token {first}, ' \ufffd') "
+                               "holds only part of the character '日' (U+65E5): that partial token is the one that counts")
+    # U+FFFD typed on purpose is a whole character and a token of its own: no warning (detection is by offsets,
+    # not by looking for U+FFFD in the token's text)
+    fffd = c.get("/api/tokenize", params={"text": "\ufffd"}).json()
+    assert len(fffd["tokens"]) == 1 and vocab.text[fffd["tokens"][0]["id"]] == "\ufffd"
+    assert fffd["partial"] is False and fffd["warning"] is None
+    pid = tiny_suite.prompts("practice")[0].id
+    r = c.post("/api/answer", headers=h, json={"prompt_id": pid, "candidates": [
+        {"text": " café au lait", "p": 0.3}, {"text": " the", "p": 0.2}]})
+    assert r.status_code == 200, r.text
+    got = r.json()["candidates"]
+    assert [x["token_id"] for x in got] == [cafe, vocab.lookup(" the")]
+    assert got[0]["warning"] == tk["warning"] and got[1]["warning"] is None
+
+
+def test_special_token_strings_are_typed_as_text(app, tiny_suite, game):
+    vocab = tiny_suite.vocabulary
+    specials = {i for i, t in game.tokenizer.get_added_tokens_decoder().items() if t.special}
+    eot = vocab.lookup("<|endoftext|>")
+    assert eot in specials
+    c, h = participant(app, "alice")
+    for typed in ("<|endoftext|>", " <|im_start|>user"):
+        ids = [t["id"] for t in c.get("/api/tokenize", params={"text": typed}).json()["tokens"]]
+        assert not set(ids) & specials, typed
+        assert "".join(vocab.text[i] for i in ids) == typed  # the characters, token by token
+    tk = c.get("/api/tokenize", params={"text": "<|endoftext|>"}).json()
+    assert tk["tokens"][0]["id"] == vocab.lookup("<") and "only the first (token" in tk["warning"]
+    pid = tiny_suite.prompts("practice")[0].id
+    r = c.post("/api/answer", headers=h, json={"prompt_id": pid, "candidates": [
+        {"text": "<|endoftext|>", "p": 0.2},  # typed: the text "<", not the end of the document
+        {"text": "<|endoftext|>", "token_id": eot, "p": 0.1}]})  # picked from the vocabulary: the control token
+    assert r.status_code == 200, r.text
+    assert [x["token_id"] for x in r.json()["candidates"]] == [vocab.lookup("<"), eot]
+
+
+# --- repeated keys, fields and parameters --------------------------------------------------------------------------------
+def test_repeated_keys_fields_and_parameters_are_refused(app, tiny_suite):
+    c, h = participant(app, "alice")
+    json_h = {**h, "content-type": "application/json"}
+    p0, p1 = (p.id for p in tiny_suite.prompts("practice")[:2])
+    cand = '{"text": " a", "p": 0.5}'
+    cases = [
+        ("prompt_id", f'{{"prompt_id": "{p0}", "prompt_id": "{p1}", "candidates": [{cand}]}}'),
+        ("candidates", f'{{"prompt_id": "{p0}", "candidates": [{cand}], "candidates": [{cand}, {cand}]}}'),
+        ("p", f'{{"prompt_id": "{p0}", "candidates": [{{"text": " a", "p": 0.5, "p": 0.9}}]}}'),
+        ("rest", f'{{"prompt_id": "{p0}", "rest": "uniform", "rest": "unigram", "candidates": [{cand}]}}'),
+    ]
+    for key, body in cases:
+        r = c.post("/api/answer", content=body, headers=json_h)
+        assert r.status_code == 422, (key, r.text)
+        assert r.json()["detail"] == f"body: duplicate key {key!r} in a JSON object: give each key once"
+    assert stored(app) == 0
+    wrong_type = c.post("/api/answer", content=f'{{"prompt_id": "{p0}", "candidates": [{cand}]}}',
+                        headers={**h, "content-type": "text/plain"})
+    assert wrong_type.status_code == 415 and "application/json" in wrong_type.json()["detail"]
+    assert c.post("/api/answer", content=cases[0][1].replace(f'"prompt_id": "{p1}", ', ""),
+                  headers=json_h).status_code == 200  # the same body with the key once
+    # logout's body, empty or an object without fields, is parsed the same way
+    assert c.post("/api/logout", content='{"a": 1, "a": 2}', headers=json_h).json()["detail"] == (
+        "body: duplicate key 'a' in a JSON object: give each key once")
+    assert c.post("/api/logout", content='{"everyone": true}', headers=json_h).status_code == 422
+    assert c.get("/api/me").status_code == 200  # still logged in
+    # query parameters
+    r = c.get("/api/next?split=practice&split=sealed")
+    assert r.status_code == 422 and r.json()["detail"] == (
+        "query parameter 'split' is given more than once: give it once")
+    assert c.get("/api/tokenize?text=%20a&text=%20b").status_code == 422
+    # the login form (form-encoded): a repeated field is refused and the invitation stays unused
+    token = app.state.db.add_participant("bob")
+    b = TestClient(app)
+    form_token = FORM_TOKEN.search(b.get(f"/join/{token}").text).group(1)
+    r = b.post("/join", content=f"token={token}&token=other&form_token={form_token}",
+               headers={"content-type": "application/x-www-form-urlencoded"}, follow_redirects=False)
+    assert r.status_code == 422 and r.json()["detail"] == "login form: field 'token' is given more than once"
+    assert app.state.db.invitation_state(token) == "valid"
+    r = b.post("/join", data={"token": token, "form_token": form_token, "role": "admin"}, follow_redirects=False)
+    assert r.status_code == 422 and "unknown field 'role'" in r.json()["detail"]
+    ok = b.post("/join", data={"token": token, "form_token": form_token}, follow_redirects=False)
+    assert ok.status_code == 303 and b.get("/api/me").json()["name"] == "bob"
+    assert c.post("/api/logout", content="{}", headers=json_h).status_code == 200
+    assert c.get("/api/me").status_code == 401

@@ -37,6 +37,9 @@ const tokenChip = (tok, cls) => {
   return el;
 };
 const pct = (p) => p >= 0.0001 ? (100 * p).toFixed(2) + "%" : (100 * p).toPrecision(2) + "%";
+// Typed text is composed (NFC) before it is tokenized or sent: an accent typed as a combining mark ("e" + U+0301, as
+// some keyboards send) would otherwise become other tokens than the "é" it looks like. The server normalizes too.
+const typedText = (row) => $(".cont", row).value.normalize("NFC");
 const debounce = (fn, ms) => { let t; return (...a) => { clearTimeout(t); t = setTimeout(() => fn(...a), ms); }; };
 
 // Probabilities are typed in percent; parsed to integer tenths so totals add up exactly on the page.
@@ -58,7 +61,7 @@ function addRow(focus = true) {
   list.id = `sugg-${Date.now()}-${n}`;
   input.setAttribute("aria-controls", list.id);
   row.dataset.active = "-1";
-  input.addEventListener("input", () => { delete row.dataset.tokenId; lookup(row); });
+  input.addEventListener("input", () => { delete row.dataset.tokenId; delete row.dataset.tokenText; lookup(row); });
   input.addEventListener("keydown", (e) => comboKeys(e, row));
   // close the suggestions when focus leaves (after a mouse pick has had its turn), unless it came back meanwhile
   input.addEventListener("blur", () => setTimeout(() => { if (document.activeElement !== input) closeList(row); }, 150));
@@ -80,27 +83,34 @@ function relabel() {
 }
 
 const lookup = debounce(async (row) => {
-  const text = $(".cont", row).value;
+  const typed = $(".cont", row).value, text = typedText(row);
   const toks = $(".toks", row);
   if (!text) { toks.replaceChildren(); closeList(row); return; }
   const q = encodeURIComponent(text);
   try {
     const [tk, vc] = await Promise.all([api(`/api/tokenize?text=${q}`), api(`/api/vocab?q=${q}`)]);
-    if ($(".cont", row).value !== text) return; // typed on meanwhile
-    if (!row.dataset.tokenId) showTokens(row, tk.tokens);
+    if ($(".cont", row).value !== typed) return; // typed on meanwhile
+    if (!row.dataset.tokenId) showTokens(row, tk);
     showList(row, vc.tokens);
   } catch (err) { $("#error").textContent = err.message; }
 }, 90);
 
-function showTokens(row, tokens) {
-  const box = $(".toks", row);
+// The typed text's tokens, the first (the one that counts) highlighted; when that token is not exactly the text
+// (several tokens, or part of a character) the server's warning says which token is used.
+function showTokens(row, read) {
+  const box = $(".toks", row), tokens = read.tokens;
   box.replaceChildren(...tokens.map((t, i) => tokenChip(t, i === 0 ? "first" : "rest")));
-  if (tokens.length) {
+  if (!tokens.length) return;
+  if (read.warning) {
+    const warn = document.createElement("span");
+    warn.className = "warn"; warn.textContent = `⚠ ${read.warning}`;
+    box.append(warn);
+  } else {
     const note = document.createElement("span");
-    note.textContent = tokens.length > 1 ? " first token counts" : " one token";
+    note.textContent = " one token";
     box.append(note);
-    row.dataset.first = tokens[0].id;
   }
+  row.dataset.first = tokens[0].id;
 }
 
 function showList(row, tokens) {
@@ -130,8 +140,9 @@ function closeList(row) {
 }
 function pick(row, tok) {
   const input = $(".cont", row);
-  input.value = tok.text;
+  input.value = tok.text; // a text input drops line breaks: the token's own text is kept apart and sent
   row.dataset.tokenId = tok.id;
+  row.dataset.tokenText = tok.text;
   row.dataset.first = tok.id;
   closeList(row);
   const box = $(".toks", row);
@@ -182,13 +193,14 @@ function updateTotal() {
 function collect() {
   const cands = [];
   for (const row of $("#rows").children) {
-    const text = $(".cont", row).value, raw = $(".prob", row).value;
+    const picked = row.dataset.tokenId !== undefined;
+    const text = picked ? row.dataset.tokenText : typedText(row), raw = $(".prob", row).value;
     if (!text && !raw.trim()) continue;
     if (!text) throw new Error("A candidate has a probability but no text.");
     const v = tenths(raw);
     if (v === null) throw new Error(`Give “${text}” a probability between 0.1 and 100 (percent).`);
     const c = { text, p: v / 1000 };
-    if (row.dataset.tokenId) c.token_id = parseInt(row.dataset.tokenId, 10);
+    if (picked) c.token_id = parseInt(row.dataset.tokenId, 10);
     cands.push(c);
   }
   if (!cands.length) throw new Error("Type at least one continuation and its probability.");
@@ -278,16 +290,17 @@ async function submit(e) {
     yours.append("Your answer: ");
     for (const c of res.candidates) yours.append(tokenChip({ id: c.token_id, text: c.token, raw: "" }, "first"), ` ${pct(c.p)} `);
     yours.append(`· the rest by ${res.rest}.`);
+    const warned = res.candidates.filter((c) => c.warning).map((c) => `⚠ ${c.warning}`);
     if (res.feedback) {
       const fb = res.feedback, run = res.running;
       const real = document.createElement("span");
       real.append("The text really went on with ", tokenChip(fb.realized, "first"),
         ` (target ${pct(fb.realized.p)}, you ${pct(fb.realized.yours)}).`);
-      showResult([yours, `Saved. Your KL(target ‖ you): ${fb.kl_nats.toFixed(3)} nats · your cross-entropy on the real next token: ${fb.ce_nats.toFixed(3)} nats (the target's own: ${fb.target_ce_nats.toFixed(3)}).`,
+      showResult([yours, ...warned, `Saved. Your KL(target ‖ you): ${fb.kl_nats.toFixed(3)} nats · your cross-entropy on the real next token: ${fb.ce_nats.toFixed(3)} nats (the target's own: ${fb.target_ce_nats.toFixed(3)}).`,
         real, `Running practice score: ${run.answered} answered, mean KL ${run.mean_kl_nats.toFixed(3)} nats, mean CE ${run.mean_ce_nats.toFixed(3)} nats.`],
       feedbackTable(fb));
     } else {
-      showResult([`Saved (sealed answer ${res.answered} of ${res.total}; no feedback in the sealed round).`, yours]);
+      showResult([`Saved (sealed answer ${res.answered} of ${res.total}; no feedback in the sealed round).`, yours, ...warned]);
     }
     await refreshMe();
     $("#after").hidden = false;
