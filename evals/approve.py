@@ -36,9 +36,8 @@ from predictors.approval import (
     ApprovalError,
     ApprovalRecord,
     add_record,
-    approval_status,
-    find_valid,
     is_level0,
+    require_approved,
     system_identity,
 )
 from tasks.paths import results_dir
@@ -91,13 +90,11 @@ def parse_thresholds(obj: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _approver_level(name: str) -> int:
-    if is_level0(name):
-        return 0
-    ok, reason = approval_status(name)
-    if not ok:
-        raise ApprovalError(f"approver {name!r} is not approved itself: {reason}")
-    rec = find_valid(system_identity(name)["key"])
-    return rec.level if rec else 0
+    """An approver's level (0, or its record's); ``ApprovalError`` if it is not approved (approvers have no opt-in)."""
+    try:
+        return int(require_approved(name, opt_in=None)["level"])
+    except ApprovalError as e:
+        raise ApprovalError(f"approver {name!r} is not approved itself: {e}") from e
 
 
 def _check_suites(names: Sequence[str]) -> list[Any]:
@@ -134,14 +131,16 @@ def system_truth(suite: Any, name: str, options: dict[str, Any]) -> dict[str, np
     """The system's own output on both splits, as log-probabilities: its truth when it is the target."""
     from predictors import PredictorContext, create
 
-    system = create(name, PredictorContext.from_suite(suite), **options)
+    # The candidate is evaluated AS A TARGET: it is unapproved until this evaluation records otherwise, so it is built
+    # with the explicit opt-in (its outputs become the truth here; nothing it produces is scored as a prediction).
+    system = create(name, PredictorContext.from_suite(suite), allow_unapproved=True, **options)
     return {split: np.log(_dense(suite, split, system)) for split in ("practice", "sealed")}
 
 
 def evaluate_suite(suite: Any, key: str, truth: dict[str, np.ndarray], approvers: Sequence[str],
                    thresholds: Sequence[Any], *, seed: int = 0, root: Path | None = None) -> SuiteOutcome:
     """Approvers predict the system on one suite; the best on practice is scored on sealed and judged."""
-    from predictors import PredictorContext, create
+    from predictors import PredictorContext, create_with_approval
 
     from .scoring import score_matrix
     from .stats import summarize
@@ -152,9 +151,9 @@ def evaluate_suite(suite: Any, key: str, truth: dict[str, np.ndarray], approvers
     ctx = dataclasses.replace(ctx, practice_truth=lambda: (list(ids), truth["practice"].astype(np.float32)),
                               extra={**ctx.extra, "approving": key})
     nxt = {s: np.array([p.next_token_id for p in suite.prompts(s)]) for s in ("practice", "sealed")}
-    practice, built = {}, {}
+    practice, built, approval = {}, {}, {}
     for a in approvers:
-        built[a] = create(a, ctx)
+        built[a], approval[a] = create_with_approval(a, ctx)  # approvers must be approved: no opt-in
         q = _dense(suite, "practice", built[a])
         practice[a] = float(score_matrix(truth["practice"], q, nxt["practice"])["kl_nats"].mean())
     chosen = min(approvers, key=lambda a: practice[a])  # ties: the first listed
@@ -177,7 +176,7 @@ def evaluate_suite(suite: Any, key: str, truth: dict[str, np.ndarray], approvers
         "suite": {"name": suite.name, "version": suite.version, "commitment": suite.commitment,
                   "config": suite.manifest["config"]},
         "split": "sealed", "target": {"system_as_target": key, "suite_target": suite.target},
-        "predictor": {"name": chosen, "approved": True, **getattr(built[chosen], "identity", lambda: {})()},
+        "predictor": {"name": chosen, **getattr(built[chosen], "identity", lambda: {})(), **approval[chosen]},
         "approval_practice_kl": practice, "n_prompts": len(per_prompt), "n_scored": len(per_prompt), "seed": seed,
         "environment": records.environment(), "metrics": metrics, "checks": checks,
     }

@@ -2,7 +2,16 @@
 
 Registered through the ``inspect_ai`` entry point in ``pyproject.toml``, so ``--model predictor/unigram`` resolves from
 the ``inspect`` CLI as well as from Python. ``-M suite=NAME`` names the suite (default: the one the task's system
-message names); every other ``-M key=value`` is passed to the predictor's factory as an option.
+message names); ``-M allow_unapproved=true`` is the exploratory opt-in; every other ``-M key=value`` is passed to the
+predictor's factory as an option.
+
+Approval: the provider applies the one check (``predictors.approval.require_approved``) when inspect creates the
+model, before any sample runs (so a refused run never counts a sealed submission): ``--model predictor/NAME`` for a
+system that is neither level 0 nor approved fails with the same ``ApprovalError`` as ``logitpred run``, naming the
+approval command and the opt-in. With ``-M allow_unapproved=true`` it runs exploratory and is marked in the log: the
+eval's ``model_args`` hold the opt-in, every sample's ``metadata["approval"]`` and every score's ``metadata["approval"]``
+hold the approval metadata (``approved: false``, ``exploratory: true``, the reason), and the ``approved`` scorer's
+mean in the results is the fraction of samples predicted by an approved system (0 for an exploratory run).
 
 What travels: ``generate()`` receives only chat messages. The task (``evals/predictability.py``) sends a system message
 ``logitpred suite=NAME`` and the prompt text as the user message, nothing else. The provider loads what a predictor may
@@ -11,7 +20,7 @@ never sealed truth), rebuilds the ``PromptView`` from the text (id and token ids
 text, else the text re-encoded), and calls the predictor.
 
 What comes back, and what the log keeps: the completion is the most probable candidate's text and
-``metadata["logitpred"]`` holds a handle plus the top 10 candidates. The full prediction (often a 49,152-entry vector)
+``metadata["logitpred"]`` holds a handle, the top 10 candidates and the approval metadata. The full prediction (often a 49,152-entry vector)
 stays in this process until the scorer takes it with ``take_prediction(handle)``: written into the log three times per
 sample it would make logs hundreds of KB per prompt. Left out: re-scoring an old log with ``inspect score`` (the full
 predictions are not in it; rerun the eval instead).
@@ -37,6 +46,7 @@ from inspect_ai.model import (
 )
 from inspect_ai.tool import ToolChoice, ToolInfo
 
+from predictors.approval import require_approved
 from predictors.base import PredictorContext, PromptView, create, view
 from predictors.format import Prediction
 
@@ -64,6 +74,23 @@ def pin_dirs() -> None:
 pin_dirs()
 
 
+def flag(value: Any, name: str) -> bool:
+    """A boolean model arg: inspect's ``-M key=true`` arrives as a bool; strings and 0/1 are accepted too."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.strip().lower() in ("true", "yes", "1")
+    raise ValueError(f"-M {name}={value!r}: give true or false")
+
+
+def approval_of(model: Any) -> dict[str, Any] | None:
+    """The approval metadata of an inspect ``Model`` backed by this provider (``None`` for any other model)."""
+    meta = getattr(getattr(model, "api", None), "approval", None)
+    return dict(meta) if isinstance(meta, dict) else None
+
+
 def system_message(suite: str) -> str:
     """The system message by which a task tells the provider which suite its prompts come from."""
     return f"{SYSTEM_PREFIX}{suite}"
@@ -88,12 +115,12 @@ def summarize(pred: Prediction, vocab: Any, k: int = SUMMARY_TOP) -> list[list[A
 class _SuiteView:
     """One suite as the provider sees it: the predictor built on its allowed context, and prompt views by text."""
 
-    def __init__(self, suite_name: str, predictor: str, options: dict[str, Any]) -> None:
+    def __init__(self, suite_name: str, predictor: str, options: dict[str, Any], allow_unapproved: bool) -> None:
         from tasks import SPLITS, load_suite
 
         suite = load_suite(suite_name)
         self.ctx = PredictorContext.from_suite(suite)
-        self.predictor = create(predictor, self.ctx, **options)
+        self.predictor = create(predictor, self.ctx, allow_unapproved=allow_unapproved, **options)
         # Harness-side lookup: the view carries id and token ids only, never the realized next token.
         self.views: dict[str, PromptView] = {p.text: view(p) for s in SPLITS for p in suite.prompts(s)}
         self._tokenizer: Any = None
@@ -114,7 +141,10 @@ class PredictorAPI(ModelAPI):
                  config: GenerateConfig = GenerateConfig(), **model_args: Any) -> None:
         super().__init__(model_name, base_url, api_key, api_key_vars=[], config=config)
         self.suite_override: str | None = model_args.pop("suite", None)
+        self.allow_unapproved = flag(model_args.pop("allow_unapproved", False), "allow_unapproved")
         self.options = model_args
+        # the one approval check, before any sample runs; every output carries its result
+        self.approval = require_approved(model_name, self.options, allow_unapproved=self.allow_unapproved)
         self._suites: dict[str, _SuiteView] = {}
 
     def _suite(self, messages: list[ChatMessage]) -> str:
@@ -134,7 +164,7 @@ class PredictorAPI(ModelAPI):
                              f"got {len(users)}")
         name = self._suite(input)
         if name not in self._suites:
-            self._suites[name] = _SuiteView(name, self.model_name, self.options)
+            self._suites[name] = _SuiteView(name, self.model_name, self.options, self.allow_unapproved)
         sv = self._suites[name]
         pv = sv.prompt_view(users[0].text)
         preds = sv.predictor.predict([pv])
@@ -144,7 +174,7 @@ class PredictorAPI(ModelAPI):
         _PREDICTIONS[handle] = preds[0]
         top = summarize(preds[0], sv.ctx.vocabulary)
         meta = {"handle": handle, "prompt_id": pv.id, "top": top,
-                "rest": None if preds[0].probs is not None else preds[0].rest}
+                "rest": None if preds[0].probs is not None else preds[0].rest, "approval": dict(self.approval)}
         output = ModelOutput.from_content(model=f"predictor/{self.model_name}", content=top[0][0] if top else "")
         output.metadata = {"logitpred": meta}
         return output

@@ -11,7 +11,14 @@ for each sample and returns them as a dict value; inspect aggregates every key w
 scalars and the top-10 candidates of the prediction, never a distribution of the target or its realized token (on
 sealed splits the two realized-token metrics are left out of the log too, see ``SEALED_OMIT``).
 Sealed splits: the commitment is verified when the task is built, and the first sample records one submission per
-model in the holdout ledger (``evals.holdout``); ``-T max_submissions=N`` refuses a model past N.
+model in the holdout ledger (``evals.holdout``) under the predictor's name, the label ``logitpred run``/``score`` use
+(``predictor/ngram`` -> ``ngram``); ``-T max_submissions=N`` refuses a model past N.
+
+Approval (``evals.inspect_provider``): an unapproved predictor is refused when the model is created, before any
+sample (and so before any sealed submission is counted); with ``-M allow_unapproved=true`` it runs exploratory and the
+log marks it three ways: each sample's ``metadata["approval"]`` (``approved``, ``exploratory``, ``approval`` reason,
+``level``, ``approval_key``), each ``next_token_metrics`` score's ``metadata["approval"]`` and explanation, and the
+``approved`` scorer (1 per sample predicted by an approved system, 0 otherwise; its mean is in the results).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any
 import numpy as np
 from inspect_ai import Task, task
 from inspect_ai.dataset import MemoryDataset, Sample
-from inspect_ai.model import ChatMessageSystem, ChatMessageUser
+from inspect_ai.model import ChatMessageSystem, ChatMessageUser, get_model
 from inspect_ai.scorer import (
     Metric,
     SampleScore,
@@ -36,7 +43,7 @@ from inspect_ai.scorer import (
 from inspect_ai.solver import Generate, Solver, TaskState, generate, solver
 
 from evals import holdout
-from evals.inspect_provider import model_label, system_message, take_prediction
+from evals.inspect_provider import approval_of, model_label, system_message, take_prediction
 from evals.metrics import per_prompt_metrics
 from evals.stats import bootstrap_ci
 from predictors.format import PredictionError, densify
@@ -88,9 +95,50 @@ def next_token_metrics(suite: str, split: str) -> Scorer:
         m = per_prompt_metrics(logp[i : i + 1], q[None, :], nxt[i : i + 1])
         value = {k: float(v[0]) for k, v in m.items() if not (split == "sealed" and k in SEALED_OMIT)}
         top = meta.get("top") or [[""]]
-        return Score(value=value, answer=str(top[0][0]))
+        approval = meta.get("approval")
+        explanation = None
+        if approval and not approval.get("approved"):
+            explanation = f"UNAPPROVED predictor, exploratory run: {approval.get('approval')}"
+        return Score(value=value, answer=str(top[0][0]), explanation=explanation,
+                     metadata={"approval": approval} if approval else None)
 
     return score
+
+
+def _approval(state: TaskState) -> dict[str, Any] | None:
+    """The approval metadata of the sample's prediction: from the output (set by the provider), else the sample's."""
+    meta = (state.output.metadata or {}).get("logitpred") if state.output else None
+    return (meta or {}).get("approval") or state.metadata.get("approval")
+
+
+@scorer(metrics=[mean()])
+def approved() -> Scorer:
+    """1 if the sample was predicted by an approved (level-0 or recorded) system, 0 for an exploratory run of an
+    unapproved one: the results' mean makes an eval of an unapproved predictor visible at a glance."""
+
+    async def score(state: TaskState, target: Target) -> Score:
+        approval = _approval(state)
+        if not approval:
+            return Score.unscored(explanation="the output carries no logitpred approval: run with "
+                                              "--model predictor/NAME")
+        ok = bool(approval.get("approved"))
+        return Score(value=1.0 if ok else 0.0, answer="approved" if ok else "UNAPPROVED (exploratory)",
+                     explanation=str(approval.get("approval")), metadata={"approval": approval})
+
+    return score
+
+
+@solver
+def approval_marker() -> Solver:
+    """Copy the predictor's approval metadata (``evals.inspect_provider``) into the sample's metadata, before it runs."""
+
+    async def solve(state: TaskState, generate: Generate) -> TaskState:
+        approval = approval_of(get_model())
+        if approval is not None:
+            state.metadata["approval"] = approval
+        return state
+
+    return solve
 
 
 @solver
@@ -130,8 +178,8 @@ def predictability(suite: str = "wiki", split: str = "practice", max_submissions
             max_submissions = holdout.default_limit()
     return Task(
         dataset=MemoryDataset(samples(s, split), name=f"{s.name}-{split}"),
-        solver=[holdout_guard(suite, split, max_submissions), generate()],
-        scorer=next_token_metrics(suite, split),
+        solver=[approval_marker(), holdout_guard(suite, split, max_submissions), generate()],
+        scorer=[next_token_metrics(suite, split), approved()],
         metadata={"suite": s.name, "suite_version": s.version, "split": split, "commitment": s.commitment,
                   "target": s.target},
         version=1,

@@ -1,10 +1,21 @@
 """predictors: what produces predictions of the target's next-token distribution.
 
 ``Predictor`` protocol and registry (``register``, ``create``, ``available``), the prediction format and its validator
-(``Prediction``, ``densify``, ``validate``), and the built-in predictors.
+(``Prediction``, ``densify``, ``validate``), the built-in predictors, and the one approval check (``require_approved``,
+applied by ``create``: an unapproved helper runs only with ``allow_unapproved=True``).
 """
 
-from .base import Predictor, PredictorContext, PromptView, available, create, register, view
+from .approval import ApprovalError, require_approved
+from .base import (
+    Predictor,
+    PredictorContext,
+    PromptView,
+    available,
+    create,
+    create_with_approval,
+    register,
+    view,
+)
 from .format import (
     Prediction,
     PredictionError,
@@ -16,6 +27,7 @@ from .format import (
 )
 
 __all__ = [
-    "Prediction", "PredictionError", "Predictor", "PredictorContext", "PromptView", "ValidatedPredictions",
-    "available", "create", "densify", "read_jsonl", "register", "validate", "view", "write_jsonl",
+    "ApprovalError", "Prediction", "PredictionError", "Predictor", "PredictorContext", "PromptView",
+    "ValidatedPredictions", "available", "create", "create_with_approval", "densify", "read_jsonl", "register",
+    "require_approved", "validate", "view", "write_jsonl",
 ]

@@ -15,12 +15,17 @@ New predictors plug in without touching the core::
         return MyPredictor(ctx, **options)
 
 Third-party packages can expose factories in the ``logitpred.predictors`` entry-point group instead.
+
+``create`` is the only way code builds a predictor, and it applies the approval rule (``predictors.approval``): a
+system that is neither level 0 nor approved is refused unless ``allow_unapproved=True`` (an exploratory run, whose
+results must be marked unapproved; ``create_with_approval`` returns the metadata to mark them with).
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -110,6 +115,8 @@ class Predictor(Protocol):
 Factory = Callable[..., Predictor]
 _REGISTRY: dict[str, Factory] = {}
 _loaded = False
+# The system whose factory is running (name and approval metadata): what it builds inside is judged by its approval.
+_BUILDING: ContextVar[dict[str, Any] | None] = ContextVar("logitpred_building", default=None)
 
 
 def register(name: str) -> Callable[[Factory], Factory]:
@@ -140,9 +147,47 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create(name: str, ctx: PredictorContext, **options: Any) -> Predictor:
-    """Instantiate a registered predictor; unknown names get the list of known ones."""
+def create_with_approval(name: str, ctx: PredictorContext, options: dict[str, Any] | None = None, *,
+                         allow_unapproved: bool = False) -> tuple[Predictor, dict[str, Any]]:
+    """Check approval (``predictors.approval.require_approved``), then instantiate: ``(predictor, approval metadata)``.
+
+    Unknown names raise ``KeyError`` listing the known ones (before any check). An unapproved system raises
+    ``ApprovalError`` (a ``ValueError``) before its factory runs, unless ``allow_unapproved``: then it runs exploratory
+    and the metadata says so (``approved`` false, ``exploratory`` true); merge it into every result's predictor entry.
+
+    What a predictor builds inside its factory (a composite's or mixture's members) is covered by the outer check
+    when the outer system was approved by a record (its identity includes its members') or runs exploratory; under a
+    level-0 outer system (a mixture of corpus statistics) each member is checked itself, so a predictor that claims
+    level 0 cannot build an unapproved helper.
+    """
+    from .approval import require_approved
+
     _load_all()
     if name not in _REGISTRY:
         raise KeyError(f"unknown predictor {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](ctx, **options)
+    options = dict(options or {})
+    outer = _BUILDING.get()
+    if outer is not None and outer["meta"]["level"] != 0:
+        meta = {**outer["meta"], "member_of": outer["name"]}
+    else:
+        meta = require_approved(name, options, allow_unapproved=allow_unapproved)
+    token = _BUILDING.set({"name": name, "meta": meta})
+    try:
+        predictor = _REGISTRY[name](ctx, **options)
+    finally:
+        _BUILDING.reset(token)
+    try:
+        predictor.approval_meta = meta  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):  # slotted or frozen predictors: the returned metadata is the record
+        pass
+    return predictor, meta
+
+
+def create(name: str, ctx: PredictorContext, *, allow_unapproved: bool = False, **options: Any) -> Predictor:
+    """Instantiate a registered predictor, after the one approval check; unknown names get the list of known ones.
+
+    Refuses (``predictors.approval.ApprovalError``) a system that is neither level 0 nor approved, unless
+    ``allow_unapproved=True`` (exploratory: ``predictor.approval_meta`` then says ``approved: False``). See
+    ``create_with_approval``, which also returns the approval metadata.
+    """
+    return create_with_approval(name, ctx, options, allow_unapproved=allow_unapproved)[0]

@@ -2,7 +2,11 @@
 
 Each file gets a ``.meta.json`` beside it, as ``logitpred predict`` writes, so ``logitpred score FILE`` labels the run
 (``human:NAME`` or ``human-team``) and the leaderboard ranks it with every other predictor. Humans are approved
-predictors by definition (DESIGN.md), so the metadata says ``approved: true``.
+predictors by definition (DESIGN.md, level 0): the metadata's approval fields come from the one approval check,
+``predictors.approval.require_approved``, like every other predictor's, so the rule lives in one place.
+
+Files are written atomically (``tasks.io``): a kill during an export leaves each file as it was or complete. Named
+candidates are written as token text, or as token ids where the text is ambiguous (``write_jsonl(..., vocab=)``).
 
 The team prediction is the linear opinion pool: the mean of the members' full distributions for each prompt (members
 who did not answer a prompt are left out of its mean). When all members of a prompt used the same rest rule, the pool
@@ -14,7 +18,7 @@ differ the pool is written as a full vector (``probs_b64``).
 
 from __future__ import annotations
 
-import json
+import tempfile
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from predictors.approval import require_approved
 from predictors.format import Prediction, write_jsonl
+from tasks.io import atomic_write_bytes, atomic_write_json
 
 from .db import Database
 from .game import Candidate, Game
@@ -70,23 +76,29 @@ def export(db: Database, game: Game, split: str, out_dir: Path, *, names: list[s
     chosen = names or known
     stamp = datetime.now(UTC).isoformat()
     base = {"name": "human", "suite": game.suite.name, "suite_version": game.suite.version, "split": split,
-            "approved": True, "source": "logitpred human form", "exported": stamp}
+            "source": "logitpred human form", "exported": stamp}
     written = []
     for n in chosen:
         preds = participant_predictions(db, game, split, n)
         if preds:
-            written.append(_write(out_dir / f"human-{n}-{split}.jsonl", preds,
+            written.append(_write(out_dir / f"human-{n}-{split}.jsonl", preds, game,
                                   {**base, "label": f"human:{n}", "options": {"participant": n}}))
     if team and chosen:
         preds = team_predictions(db, game, split, chosen)
         if preds:
-            written.append(_write(out_dir / f"human-team-{split}.jsonl", preds,
+            written.append(_write(out_dir / f"human-team-{split}.jsonl", preds, game,
                                   {**base, "label": "human-team", "options": {"participants": chosen,
                                                                           "pool": "linear (mean distribution)"}}))
     return written
 
 
-def _write(path: Path, preds: list[Prediction], meta: dict[str, Any]) -> Path:
-    write_jsonl(path, preds)
-    Path(str(path) + ".meta.json").write_text(json.dumps({**meta, "n": len(preds)}, indent=2))
+def _write(path: Path, preds: list[Prediction], game: Game, meta: dict[str, Any]) -> Path:
+    """The predictions file and its ``.meta.json``, each replaced atomically; the meta carries the approval check's
+    result for the system it names (the same check ``logitpred score`` repeats on the file)."""
+    approval = require_approved(meta["name"], meta["options"])  # humans are level 0: never refused
+    with tempfile.TemporaryDirectory() as tmp:  # serialize beside, then one atomic replace of the destination
+        staged = Path(tmp) / path.name
+        n = write_jsonl(staged, preds, vocab=game.suite.vocabulary)
+        atomic_write_bytes(path, staged.read_bytes())
+    atomic_write_json(Path(str(path) + ".meta.json"), {**meta, **approval, "n": n})
     return path

@@ -170,3 +170,38 @@ def test_config_with_byte_order_mark_is_read(env):
     code, out, report = gate(path)
     assert code == 0, out
     assert report["config"]["thresholds"]["kl_nats"] == {"max": 20}
+
+
+@pytest.fixture()
+def no_approvals(data_home):
+    """An empty approval registry for the test (the tiny helper starts unapproved)."""
+    from predictors.approval import registry_path
+
+    registry_path().unlink(missing_ok=True)
+    yield registry_path()
+    registry_path().unlink(missing_ok=True)
+
+
+def test_the_real_unapproved_helper_is_refused_then_gated_once_approved(env, tiny_suite, tiny_helper, no_approvals):
+    """The gate asks the same check as every entry point (``require_approved``), without an opt-in; once the helper
+    has an approval record it runs, and the team's run record carries each member's approval."""
+    from evals.approve import approve
+    from predictors.approval import system_identity
+
+    text = BASE.format(name="h", rule="best-on-practice", kl=50, limit=5).replace(
+        "[uniform, unigram]", "[unigram, tiny-helper]")
+    result = runner.invoke(app, ["gate", "--config", str(config(env, text))])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2, out
+    assert "tiny-helper is not approved for a gated evaluation" in out and "logitpred approve tiny-helper" in out
+    assert "no exploratory opt-in" in out and "allow_unapproved" not in out and "--allow-unapproved" not in out
+    assert not (env / "results").exists()  # nothing ran
+    approve("tiny-helper", {}, ["tiny"], approvers=["uniform", "unigram"], thresholds={"kl_nats": {"max": 50.0}})
+    code, out, report = gate(config(env, text))
+    assert code == 0, out
+    run = json.loads((env / "results" / report["suites"][0]["run_id"] / "summary.json").read_text())
+    members = {m["name"]: m for m in run["predictor"]["members"]}
+    assert run["predictor"]["approved"] is True and run["predictor"]["exploratory"] is False
+    assert (members["unigram"]["level"], members["unigram"]["approved"]) == (0, True)
+    key = system_identity("tiny-helper")["key"]
+    assert (members["tiny-helper"]["level"], members["tiny-helper"]["approval_key"]) == (1, key)

@@ -1,6 +1,7 @@
 """The inspect-ai layer end to end on the tiny suite: the ``predictor/NAME`` provider (resolved through the package's
 ``inspect_ai`` entry point), the task, the scorer's per-sample metrics against a direct computation, what a predictor
-receives, the sealed holdout count, and that no sealed truth value reaches a log."""
+receives, the sealed holdout count, that no sealed truth value reaches a log, and the approval rule: the real
+unapproved tiny helper refused, or run exploratory with ``allow_unapproved`` and marked so in the log."""
 
 import json
 import os
@@ -18,7 +19,8 @@ from evals import holdout
 from evals.metrics import per_prompt_metrics
 from evals.predictability import SEALED_OMIT, predictability
 from evals.stats import bootstrap_ci
-from predictors import Prediction, densify, register
+from predictors import Prediction, PredictorContext, create, densify, register, view
+from predictors.approval import ApprovalError, declare_level0, registry_path, system_identity
 from predictors.baselines import RestOnly
 from tests.evals.leaks import numbers_in, truth_numbers
 
@@ -36,12 +38,23 @@ def _spy(ctx, **options):
     return Spy("test-spy", "unigram")
 
 
+declare_level0("test-spy")  # it runs no model: the unigram of the train text
+
+
 @pytest.fixture()
 def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("LOGITPRED_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("LOGITPRED_LEDGER", str(tmp_path / "ledger.jsonl"))
     return tmp_path
+
+
+@pytest.fixture()
+def no_approvals(data_home):
+    """An empty approval registry: the tiny helper is unapproved."""
+    registry_path().unlink(missing_ok=True)
+    yield registry_path()
+    registry_path().unlink(missing_ok=True)
 
 
 def _run(task, model, log_dir, **kw):
@@ -68,6 +81,13 @@ def test_practice_eval_matches_direct_scoring(tiny_suite, isolated):
     assert metrics["kl_nats"]["ci95_low"].value == pytest.approx(low)
     assert metrics["kl_nats"]["ci95_high"].value == pytest.approx(high)
     assert log.eval.metadata["commitment"] == tiny_suite.commitment
+    # a level-0 predictor: every sample and score says approved, and the results' `approved` mean is 1
+    level0 = {"approved": True, "exploratory": False, "level": 0, "approval_key": None,
+              "approval": "'unigram' is level 0: corpus statistics, baselines and humans run no model"}
+    assert all(s.metadata["approval"] == level0 for s in log.samples)
+    assert all(s.scores["next_token_metrics"].metadata == {"approval": level0} for s in log.samples)
+    assert all(s.scores["next_token_metrics"].explanation is None for s in log.samples)
+    assert metrics["approved"]["mean"].value == 1.0
     # the sample carries no truth: a system message naming the suite, the prompt text, an empty target
     prompts = {p.id: p for p in tiny_suite.prompts("practice")}
     for s in log.samples:
@@ -124,3 +144,66 @@ def test_the_leak_check_can_fail(tiny_suite, isolated):
                log_format="json")
     text = Path(log.location).read_text()
     assert numbers_in(text) & truth_numbers(tiny_suite, "practice")
+
+
+def test_an_unapproved_helper_is_refused_before_any_sample(tiny_suite, tiny_helper, no_approvals, isolated):
+    for split in ("practice", "sealed"):
+        with pytest.raises(ApprovalError) as err:
+            _run(predictability(suite="tiny", split=split), "predictor/tiny-helper", isolated / "logs")
+        msg = str(err.value)
+        assert "gated evaluation refused: 'tiny-helper'" in msg and "`logitpred approve tiny-helper`" in msg
+        assert "-M allow_unapproved=true" in msg
+    assert holdout.count(tiny_suite, "tiny-helper") == 0  # refused before the sealed submission was counted
+    assert not list((isolated / "logs").glob("*"))
+
+
+def test_allow_unapproved_runs_exploratory_and_the_log_says_so(tiny_suite, tiny_helper, no_approvals, isolated):
+    log = _run(predictability(suite="tiny", split="practice"), "predictor/tiny-helper", isolated / "logs",
+               model_args={"allow_unapproved": True})
+    assert log.status == "success" and len(log.samples) == 6
+    assert log.eval.model_args == {"allow_unapproved": True}
+    key = system_identity("tiny-helper")["key"]
+    want = {"approved": False, "exploratory": True, "level": None, "approval_key": None,
+            "approval": f"'tiny-helper' (identity {key}) has no valid approval record"}
+    for s in log.samples:
+        assert s.metadata["approval"] == want
+        sc = s.scores["next_token_metrics"]
+        assert sc.metadata == {"approval": want}
+        assert sc.explanation == f"UNAPPROVED predictor, exploratory run: {want['approval']}"
+        assert s.scores["approved"].value == 0.0 and s.scores["approved"].answer == "UNAPPROVED (exploratory)"
+    assert {m.name: m.metrics for m in log.results.scores}["approved"]["mean"].value == 0.0
+    # and the scores are the helper's: KL of its own distributions, computed directly
+    ctx = PredictorContext.from_suite(tiny_suite)
+    helper = create("tiny-helper", ctx, allow_unapproved=True)
+    ids, logp, nxt = tiny_suite.truth_split("practice")
+    prompts = {p.id: view(p) for p in tiny_suite.prompts("practice")}
+    direct = per_prompt_metrics(logp, helper.distributions([prompts[i] for i in ids]), nxt)
+    got = {s.id: s.scores["next_token_metrics"].value["kl_nats"] for s in log.samples}
+    assert [got[i] for i in ids] == pytest.approx(list(direct["kl_nats"]), rel=1e-6)
+
+
+def test_inspect_cli_refuses_then_counts_the_exploratory_sealed_run_under_the_cli_label(
+        tiny_suite, tiny_helper, no_approvals, isolated):
+    """The brief's command, from the inspect CLI: refused without the opt-in (nothing counted); with
+    ``-M allow_unapproved=true`` it runs, and its sealed submission is counted under ``tiny-helper``, the label a
+    ``logitpred run -p tiny-helper --allow-unapproved`` scoring is counted under (``evals.scoring.score``)."""
+    from evals.scoring import predict_validated, score
+
+    env = {**os.environ, "XDG_DATA_HOME": str(isolated / "xdg"), "LOGITPRED_LEDGER": str(isolated / "ledger.jsonl")}
+    cmd = [str(Path(sys.executable).parent / "inspect"), "eval", "evals/predictability.py", "-T", "suite=tiny",
+           "-T", "split=sealed", "--model", "predictor/tiny-helper", "--log-format", "json",
+           "--log-dir", str(isolated / "logs"), "--display", "plain"]
+    refused = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "gated evaluation refused: 'tiny-helper'" in refused.stderr + refused.stdout
+    assert holdout.count(tiny_suite, "tiny-helper") == 0
+    ran = subprocess.run([*cmd, "-M", "allow_unapproved=true"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    [log] = [read_eval_log(str(p)) for p in (isolated / "logs").glob("*.json")]
+    assert log.status == "success" and log.eval.model_args == {"allow_unapproved": True}
+    assert all(s.metadata["approval"]["exploratory"] is True for s in log.samples)
+    assert holdout.count(tiny_suite, "tiny-helper") == 1
+    helper = create("tiny-helper", PredictorContext.from_suite(tiny_suite), allow_unapproved=True)
+    score(tiny_suite, "sealed", predict_validated(tiny_suite, "sealed", helper),
+          predictor={"name": "tiny-helper", **helper.approval_meta}, write=False)
+    assert holdout.count(tiny_suite, "tiny-helper") == 2  # one ledger, one label

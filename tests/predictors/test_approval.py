@@ -1,5 +1,6 @@
 """The approval chain on real models: level 0 by definition, a helper refused until approved, approval evidence checked
-against a direct computation, revocation, levels, the CLI gate, and bad input that writes nothing."""
+against a direct computation, revocation, levels, the CLI gate, and bad input that writes nothing; the one check
+(``require_approved``) as ``create()``, composites and files apply it; concurrent approvals from two processes."""
 
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ from typer.testing import CliRunner
 
 from evals.approve import approve
 from evals.cli import app
+from predictors import register, view
 from predictors.approval import (
     ApprovalError,
     approval_status,
+    declare_level0,
+    file_approval,
     load_records,
+    require_approved,
     revoke,
     system_identity,
 )
@@ -208,3 +213,127 @@ def test_a_model_whose_vocabulary_cannot_be_mapped(registry, tiny_suite, tmp_pat
     code, out = invoke("approve", "model", "-O", f"path={tmp_path / 'm'}", "--suite", "tiny")
     assert code == 2 and "cannot be mapped" in out and "nothing was written" in out
     assert not registry.exists()
+
+
+# --- the one check: require_approved, create(), file_approval -----------------------------------------------------------
+LEVEL0_META = {"approved": True, "exploratory": False, "level": 0, "approval_key": None}
+
+
+def _meta(m):
+    return {k: m[k] for k in ("approved", "exploratory", "level", "approval_key")}
+
+
+def test_require_approved_metadata(registry, tiny_suite, tiny_helper):
+    assert _meta(require_approved("unigram")) == LEVEL0_META
+    assert _meta(require_approved("human", {"participant": "alice"})) == LEVEL0_META
+    key = system_identity("tiny-helper")["key"]
+    with pytest.raises(ApprovalError) as err:
+        require_approved("tiny-helper")
+    msg = str(err.value)
+    for part in ("'tiny-helper'", key, "no valid approval record", "`logitpred approve tiny-helper`",
+                 "--allow-unapproved", "-M allow_unapproved=true", "allow_unapproved=True"):
+        assert part in msg, part
+    meta = require_approved("tiny-helper", allow_unapproved=True)
+    assert _meta(meta) == {"approved": False, "exploratory": True, "level": None, "approval_key": None}
+    assert key in meta["approval"]
+    with pytest.raises(ApprovalError, match="unknown predictor 'no-such-thing'; available: .*unigram"):
+        require_approved("no-such-thing")
+    # no opt-in where there is none (the gate, approvers): the refusal names only the approval command
+    with pytest.raises(ApprovalError) as err:
+        require_approved("tiny-helper", opt_in=None)
+    assert "logitpred approve tiny-helper" in str(err.value) and "allow_unapproved" not in str(err.value)
+    approve("tiny-helper", {}, ["tiny"], approvers=FAST, thresholds=LENIENT)
+    meta = require_approved("tiny-helper")
+    assert _meta(meta) == {"approved": True, "exploratory": False, "level": 1, "approval_key": key}
+    assert require_approved("tiny-helper", allow_unapproved=True)["exploratory"] is False  # approved: nothing to mark
+    revoke(key, "weights leaked")
+    with pytest.raises(ApprovalError, match="revoked .*weights leaked"):
+        require_approved("tiny-helper")
+
+
+def test_create_refuses_an_unapproved_helper(registry, tiny_suite, tiny_helper):
+    from predictors import PredictorContext, create, create_with_approval
+
+    ctx = PredictorContext.from_suite(tiny_suite)
+    with pytest.raises(ApprovalError, match="gated evaluation refused: 'tiny-helper'.*allow_unapproved=True"):
+        create("tiny-helper", ctx)
+    with pytest.raises(ApprovalError, match="'model'"):  # the same weights under another name: the same refusal
+        create("model", ctx, path=str(tiny_helper))
+    with pytest.raises(KeyError, match="unknown predictor 'nope'"):  # unknown names: as before, the known ones listed
+        create("nope", ctx)
+    p, meta = create_with_approval("tiny-helper", ctx, {"cache": False}, allow_unapproved=True)
+    assert _meta(meta) == {"approved": False, "exploratory": True, "level": None, "approval_key": None}
+    assert p.approval_meta == meta
+    prompts = [view(x) for x in tiny_suite.prompts("practice")]
+    assert p.distributions(prompts).shape == (6, tiny_suite.vocab_size)
+    u, meta = create_with_approval("unigram", ctx)
+    assert _meta(meta) == LEVEL0_META and u.approval_meta == meta
+    # a composite holding the helper is refused as a whole; with the opt-in its members are built under it
+    with pytest.raises(ApprovalError, match="'composite'"):
+        create("composite", ctx, members=["unigram", "tiny-helper"])
+    comp = create("composite", ctx, members=["unigram", "tiny-helper"], allow_unapproved=True)
+    assert comp.approval_meta["exploratory"] is True
+    assert [m.approval_meta["member_of"] for m in comp.members] == ["composite", "composite"]
+
+
+@register("test-sneaky-level0")
+def _sneaky(ctx, **options):
+    """Claims level 0 but builds a helper inside: its own level-0 status must not cover the helper."""
+    from predictors import create
+
+    return create("tiny-helper", ctx)
+
+
+declare_level0("test-sneaky-level0")
+
+
+def test_a_level0_predictor_cannot_build_an_unapproved_helper(registry, tiny_suite, tiny_helper):
+    from predictors import PredictorContext, create
+
+    ctx = PredictorContext.from_suite(tiny_suite)
+    assert approval_status("test-sneaky-level0")[0]
+    with pytest.raises(ApprovalError, match="'tiny-helper'"):
+        create("test-sneaky-level0", ctx, allow_unapproved=True)  # the opt-in is for what it claims: level 0
+    mixture = create("mixture", ctx, members=["uniform", "unigram"], cache=False)  # level-0 members: each checked, fine
+    assert mixture.approval_meta["level"] == 0
+
+
+def test_file_approval(registry, tiny_suite, tiny_helper):
+    assert _meta(file_approval(None)) == LEVEL0_META  # predictions made elsewhere, no metadata: file:, level 0
+    assert _meta(file_approval({"name": "human", "label": "human:alice", "options": {"participant": "alice"},
+                                "approved": True})) == LEVEL0_META
+    explored = {"name": "tiny-helper", "options": {}, "approved": False, "exploratory": True}
+    assert _meta(file_approval(explored))["exploratory"] is True  # the opt-in was given when it was predicted
+    with pytest.raises(ApprovalError, match="gated evaluation refused"):
+        file_approval({"name": "tiny-helper", "options": {}, "approved": True})  # claims approval it does not have
+    assert file_approval({"name": "tiny-helper", "approved": True}, allow_unapproved=True)["approved"] is False
+
+
+ADD_RECORDS = """
+import sys, time
+from pathlib import Path
+from predictors.approval import ApprovalRecord, add_record
+path, tag, n, start = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+while time.time() < start:
+    time.sleep(0.001)
+for i in range(n):
+    add_record(ApprovalRecord(key=f"{tag}-{i}", system={"name": tag, "options": {}}, identity={}, level=1, suites=[],
+                              thresholds={}, scores={}, evidence=[], approvers=[]), path)
+"""
+
+
+def test_concurrent_approvals_all_land(tmp_path):
+    """Two real processes append 40 records each to one registry at the same moment: all 80 are there, once each."""
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "approvals.json"
+    start = time.time() + 3.0  # both interpreters are up by then
+    procs = [subprocess.Popen([sys.executable, "-c", ADD_RECORDS, str(path), tag, "40", str(start)],
+                              cwd=Path(__file__).resolve().parents[2]) for tag in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    keys = [r.key for r in load_records(path)]
+    assert sorted(keys) == sorted(f"{t}-{i}" for t in "ab" for i in range(40))
+    assert [k for k in keys if k.startswith("a")] == [f"a-{i}" for i in range(40)]  # each writer's order kept
+    assert not list(tmp_path.glob("*.tmp")) and (tmp_path / "approvals.json.lock").exists()
