@@ -1,10 +1,15 @@
 """Holdout hygiene for sealed splits: a per-predictor submission ledger, a limit, and coarse release of scores.
 
 Every scoring against a sealed split (``evals.scoring.score``, the inspect task, the gate) appends one line to
-``<data_dir>/holdout/submissions.jsonl`` (or ``$LOGITPRED_LEDGER``): suite, sealed commitment, predictor, run id, time, how it was scored. A
-predictor's count is the number of lines for the suite's *current* commitment (a rebuilt suite with new truth is a
-new holdout). The gate refuses a predictor whose count has reached the configured ``max_submissions``. The ledger is
-append-only and locked with ``fcntl`` while written, so concurrent scorings on one machine are all counted.
+``<data_dir>/holdout/submissions.jsonl`` (or ``$LOGITPRED_LEDGER``): suite, ``prompts`` (sha256 of the suite's
+``sealed.jsonl``), the sealed commitment at the time, predictor, run id, time, how it was scored. A predictor's count
+is the number of lines for the suite's *sealed prompts*: the count belongs to the questions, so recomputing truth
+(another batch size or machine changes the last float bits, hence the commitment) does not reset it, while a suite
+rebuilt with other prompts is a new holdout. Lines written before ``prompts`` was recorded (they carry only
+``commitment``) count for the prompts that a newer line with the same commitment names, else for the suite whose
+current commitment they name. The gate refuses a predictor whose count has reached the configured
+``max_submissions``. The ledger is append-only, locked with ``fcntl`` while counted and written, and each line is
+fsynced; a last line torn by a kill (no newline, not JSON) is skipped by readers and cut off before the next append.
 
 Released numbers follow the Ladder of Blum & Hardt ("The Ladder: A Reliable Leaderboard for Machine Learning
 Competitions", ICML 2015): a new sealed score (lower is better) is released only when it beats the best released so far
@@ -48,44 +53,65 @@ def ledger_path() -> Path:
     return Path(env).resolve() if env else data_dir() / "holdout" / "submissions.jsonl"
 
 
-def _suite_key(suite: Any) -> tuple[str, str]:
-    return suite.name, suite.commitment or ""
+def _mine(rows: Iterable[dict[str, Any]], suite: Any, predictor: str) -> list[dict[str, Any]]:
+    """The ledger rows that are submissions of ``predictor`` on the sealed prompts of ``suite``.
+
+    A row of the older format (``commitment`` only) is placed by its commitment: on the prompts that a newer row with
+    the same commitment names, else on this suite's prompts if it is the suite's current commitment.
+    """
+    rows = [r for r in rows if r.get("suite") == suite.name]
+    known = {r["commitment"]: r["prompts"] for r in rows if r.get("prompts") and r.get("commitment")}
+    current, mine = suite.commitment, suite.sealed_prompts_sha256
+
+    def prompts(r: dict[str, Any]) -> str | None:
+        if r.get("prompts"):
+            return r["prompts"]
+        c = r.get("commitment")
+        return known.get(c) or (mine if c and c == current else None)
+
+    return [r for r in rows if r.get("predictor") == predictor and prompts(r) == mine]
 
 
 def record(suite: Any, predictor: str, *, run_id: str | None = None, via: str = "score",
            digest: str | None = None) -> int:
     """Append one sealed submission of ``predictor`` on ``suite``; return its count including this one.
 
-    ``digest`` identifies the predictions scored (e.g. sha256 of the validated distributions). Scoring exactly the same
-    predictions again reveals nothing new about the holdout, so such a repeat (``make run`` twice) is not counted again.
+    ``suite`` needs ``name``, ``sealed_prompts_sha256`` and ``commitment``. ``digest`` identifies the predictions
+    scored (e.g. sha256 of the validated distributions). Scoring exactly the same predictions again reveals nothing new
+    about the holdout, so such a repeat (``make run`` twice) is not counted again. Raises ``HoldoutError`` if a line
+    other than a torn last one is corrupted.
     """
     path = ledger_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    name, commitment = _suite_key(suite)
-    line = {"time": datetime.now(UTC).isoformat(), "suite": name, "commitment": commitment, "predictor": predictor,
-            "run_id": run_id, "via": via, "digest": digest}
-    with open(path, "a+", encoding="utf-8") as f:
+    line = {"time": datetime.now(UTC).isoformat(), "suite": suite.name, "prompts": suite.sealed_prompts_sha256,
+            "commitment": suite.commitment or "", "predictor": predictor, "run_id": run_id, "via": via,
+            "digest": digest}
+    with open(path, "a+b") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # count and append as one step
-        f.seek(0)
-        mine = [row for row in _rows(f) if (row["suite"], row["commitment"], row["predictor"]) ==
-                (name, commitment, predictor)]
-        repeat = digest is not None and any(row.get("digest") == digest for row in mine)
-        if not repeat:
-            f.write(json.dumps(line) + "\n")
-            f.flush()
-        fcntl.flock(f, fcntl.LOCK_UN)
+        try:
+            f.seek(0)
+            data = f.read()
+            mine = _mine(_rows(data.decode("utf-8", errors="replace").splitlines(keepends=True)), suite, predictor)
+            repeat = digest is not None and any(row.get("digest") == digest for row in mine)
+            if not repeat:
+                if data and not data.endswith(b"\n"):  # a line torn by a kill: cut it off, it was never counted
+                    f.truncate(data.rfind(b"\n") + 1)
+                f.seek(0, os.SEEK_END)
+                f.write((json.dumps(line) + "\n").encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
     return len(mine) + (0 if repeat else 1)
 
 
 def count(suite: Any, predictor: str) -> int:
-    """Sealed submissions recorded so far for ``predictor`` on the suite's current commitment."""
+    """Sealed submissions recorded so far for ``predictor`` on the suite's sealed prompts (see the module notes)."""
     path = ledger_path()
     if not path.is_file():
         return 0
-    name, commitment = _suite_key(suite)
-    with open(path, encoding="utf-8") as f:
-        return sum(1 for row in _rows(f) if (row["suite"], row["commitment"], row["predictor"]) ==
-                   (name, commitment, predictor))
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return len(_mine(_rows(f.read().splitlines(keepends=True)), suite, predictor))
 
 
 def check(suite: Any, predictor: str, limit: int | None) -> int:
@@ -100,14 +126,21 @@ def check(suite: Any, predictor: str, limit: int | None) -> int:
     return n
 
 
-def _rows(lines: Iterable[str]) -> Iterable[dict[str, Any]]:
+def _rows(lines: list[str]) -> Iterable[dict[str, Any]]:
+    """The ledger's rows; a last line without its newline that does not parse (torn by a kill) is skipped."""
     for n, line in enumerate(lines, 1):
         if line.strip():
             try:
-                yield json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError as e:
+                if n == len(lines) and not line.endswith("\n"):
+                    return  # torn by a kill while being appended: that submission was never recorded
                 raise HoldoutError(f"holdout ledger {ledger_path()} line {n} is corrupted ({e.msg}): the count of sealed "
                                    "submissions cannot be trusted; restore the file from a backup") from e
+            if not isinstance(row, dict):
+                raise HoldoutError(f"holdout ledger {ledger_path()} line {n} is not a JSON object: the count of sealed "
+                                   "submissions cannot be trusted; restore the file from a backup")
+            yield row
 
 
 # --- coarse release ---------------------------------------------------------------------------------------------------

@@ -6,9 +6,12 @@ package versions, seeds, command line), so any number in a leaderboard can be tr
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
+import shutil
 import sys
+import tempfile
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from tasks.io import crash_point, fsync_dir, fsync_tree
 from tasks.paths import results_dir
 
 PACKAGES = ("logitpred", "numpy", "scipy", "pandas", "torch", "transformers", "tokenizers", "inspect_ai")
@@ -55,19 +59,38 @@ def new_run_id(suite: str, split: str, predictor: str) -> str:
 
 
 def write_run(summary: dict[str, Any], per_prompt: pd.DataFrame, *, root: Path | None = None) -> Path:
+    """Write ``<root>/<run_id>/`` (``per_prompt.csv``, ``summary.json``) all at once; return the folder.
+
+    The files go to a hidden temporary folder beside it, are fsynced, and the folder is renamed into place, so a kill
+    leaves the whole record or none (readers skip hidden folders). Raises ``FileExistsError`` if the run id exists.
+    """
     root = root or results_dir()
     run_dir = root / summary["run_id"]
-    run_dir.mkdir(parents=True, exist_ok=False)
-    per_prompt.to_csv(run_dir / "per_prompt.csv", index=False)
-    (run_dir / "summary.json").write_text(json.dumps({"format": RECORD_FORMAT, **summary}, indent=2))
+    root.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists():
+        raise FileExistsError(f"run record {run_dir} already exists")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{summary['run_id']}.", suffix=".tmp", dir=root))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a run record is as readable as a folder made by mkdir
+        per_prompt.to_csv(tmp / "per_prompt.csv", index=False)
+        (tmp / "summary.json").write_text(json.dumps({"format": RECORD_FORMAT, **summary}, indent=2))
+        fsync_tree(tmp)
+        crash_point("run:before-rename")
+        os.rename(tmp, run_dir)  # fails if run_dir appeared meanwhile: never merges two records
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(root)
     return run_dir
 
 
 def read_runs(root: Path | None = None) -> list[dict[str, Any]]:
-    """All run summaries under ``root`` (default ``results/``), oldest first."""
+    """All run summaries under ``root`` (default ``results/``), oldest first; hidden (temporary) folders skipped."""
     root = root or results_dir()
     runs = []
     for path in sorted(root.glob("*/summary.json")):
+        if path.parent.name.startswith("."):
+            continue
         obj = json.loads(path.read_text())
         if obj.get("format") == RECORD_FORMAT:
             obj["_dir"] = str(path.parent)

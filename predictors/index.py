@@ -10,16 +10,22 @@ index at an existing key is reused only after its manifest matches and every arr
 A corrupted or stale folder is never used silently: ``IndexFileError`` names the folder, what is wrong, and the rebuild
 command.
 
-Left out: locking between two processes building the same index at once (the second one's atomic rename wins, both
-folders are identical), and garbage collection of indexes no longer used (delete ``<data_dir>/indexes/`` freely).
+Writes are atomic: a build goes to a hidden temporary folder (arrays, then the manifest naming their sha256), is
+fsynced, and renamed into place, so a kill never leaves a half-written index at a key (see ``_publish``).
+
+Left out: locking between two processes building the same index at once (the first rename wins, both folders are
+identical), and garbage collection of indexes no longer used (delete ``<data_dir>/indexes/`` freely).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from tasks.corpora import BUILTIN, CorpusError
+from tasks.io import crash_point, fsync_dir, fsync_tree
 from tasks.paths import data_dir, sha256_file
 
 FORMAT = "logitpred-index/1"
@@ -147,20 +154,48 @@ def load_or_build(kind: str, params: dict[str, Any], text: TrainingText, build: 
     with progress_bar(f"building {kind} index ({sum(c['tokens'] for c in text.corpora):,} tokens)", stages) as step:
         arrays = build(text, step)
     seconds = time.perf_counter() - t0
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    files = {}
-    for name, arr in arrays.items():
-        np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
-        files[name] = sha256_file(tmp / f"{name}.npy")
     manifest = {"format": FORMAT, "kind": kind, "params": params, "corpora": text.corpora, **provenance,
                 "build_seconds": round(seconds, 3),
-                "built": datetime.now(UTC).isoformat(), "versions": _versions(), "files": files}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.replace(folder)
+                "built": datetime.now(UTC).isoformat(), "versions": _versions(), "files": {}}
+    _publish(folder, arrays, manifest)
     return _load(folder, kind, params, text, rebuild_hint)
+
+
+def _publish(folder: Path, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
+    """Write the index to a fresh hidden folder (arrays, then the manifest naming their sha256), sync it, and rename
+    it to ``folder`` in one step. A kill before the rename leaves no trace at ``folder``; a rebuild over an existing
+    index moves the old one aside first, so a kill between the two renames leaves no index there, which the next use
+    simply builds again (an index is a cache whose key fixes its content)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for old in folder.parent.glob(f".{folder.name}.*.tmp"):  # left by killed builds of this key an hour ago or more
+        if time.time() - old.stat().st_mtime > 3600:
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        tmp.chmod(0o755)
+        for name, arr in arrays.items():
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
+            manifest["files"][name] = sha256_file(tmp / f"{name}.npy")
+        crash_point("index:before-manifest")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        fsync_tree(tmp)
+        crash_point("index:before-rename")
+        if folder.exists():
+            aside = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.old.tmp"
+            os.rename(folder, aside)
+            os.rename(tmp, folder)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            try:
+                os.rename(tmp, folder)
+            except OSError:  # another process published the same key meanwhile: same content, keep theirs
+                if not (folder / "manifest.json").is_file():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        fsync_dir(folder.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _load(folder: Path, kind: str, params: dict[str, Any], text: TrainingText,

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .io import ENCODING, DuplicateKeyError, loads_json, open_text
+
 BUILTIN = ("wiki", "news", "sotu")
 MAX_PASSAGE_CHARS = 4000  # longer documents are cut at paragraph breaks into passages of at most this size
 
@@ -93,20 +95,35 @@ def _read_sotu() -> Iterator[tuple[str, str, bool]]:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, str, bool]]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
+    """(id, text, False) per line of a JSONL corpus (UTF-8, a leading byte-order mark is dropped; blank lines skipped).
+
+    Raises ``CorpusError`` naming the file and line for malformed JSON, a key given twice, or a line that is not an
+    object with ``id`` and ``text``.
+    """
+    try:
+        with open_text(path) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = loads_json(line)
+                except DuplicateKeyError as e:
+                    raise CorpusError(f"{path}:{n}: {e}") from e
+                except json.JSONDecodeError as e:
+                    raise CorpusError(f"{path}:{n}: not valid JSON ({e.msg}); expected a JSON object with 'id' and "
+                                      "'text'") from e
+                if not isinstance(obj, dict) or "id" not in obj or "text" not in obj:
+                    raise CorpusError(f"{path}:{n}: expected a JSON object with 'id' and 'text'")
                 yield str(obj["id"]), str(obj["text"]), False
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise CorpusError(f"{path}:{n}: expected a JSON object with 'id' and 'text' ({e})") from e
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{path}: not UTF-8 text ({e})") from e
 
 
 def _read_txt_folder(path: Path) -> Iterator[tuple[str, str, bool]]:
+    """(relative path, text, False) per ``.txt`` file under ``path``: UTF-8, a leading byte-order mark dropped,
+    undecodable bytes replaced by U+FFFD."""
     for p in sorted(path.rglob("*.txt")):
-        yield str(p.relative_to(path)), p.read_text(encoding="utf-8", errors="replace"), False
+        yield str(p.relative_to(path)), p.read_bytes().decode(ENCODING, errors="replace"), False
 
 
 def _passages(doc_id: str, text: str, max_chars: int) -> Iterator[tuple[str, str]]:

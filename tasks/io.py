@@ -218,3 +218,19 @@ def fsync_tree(path: Path) -> None:
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
     fsync_dir(path)
+
+
+def publish_link(link: Path, target: Path) -> None:
+    """Point the symbolic link ``link`` at the folder ``target`` in one ``rename(2)``: readers see the old target or
+    the new one, never none. The link is relative (the data dir can move). A real folder at ``link`` (a layout from
+    before links) is first renamed to a ``legacy-*`` folder beside ``target``: not atomic, done once."""
+    import uuid
+
+    link, target = Path(link), Path(target)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".link-{uuid.uuid4().hex[:12]}"
+    os.symlink(os.path.relpath(target, link.parent), tmp)
+    if link.is_dir() and not link.is_symlink():
+        os.rename(link, target.parent / f"legacy-{uuid.uuid4().hex[:12]}")
+    os.replace(tmp, link)
+    fsync_dir(link.parent)

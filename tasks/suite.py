@@ -1,12 +1,14 @@
 """Suites: versioned sets of held-out prompts cut from real text, with the target's truth cached beside them.
 
-A suite folder (``<data_dir>/suites/<name>/``) holds ``manifest.json``, ``practice.jsonl``, ``sealed.jsonl`` (the
-prompts), ``vocab.json``, ``background.npy`` (the train-part unigram) and ``tokenizer/``. Truth lives apart, under
-``<data_dir>/truth/<name>/<version>-<target id>/``, one safetensors file per split, each verified by sha256 on load.
+A suite folder (``<data_dir>/suites/<name>``) holds ``manifest.json``, ``practice.jsonl``, ``sealed.jsonl`` (the
+prompts), ``vocab.json``, ``background.npy`` (the train-part unigram) and ``tokenizer/``. It is a symbolic link to a
+build folder ``<data_dir>/suite-builds/<name>/<build>/``: a build is written in full, synced, and only then published
+by replacing the link in one ``rename``, so a kill at any moment leaves the old suite or the new one. Truth lives apart,
+under ``<data_dir>/truth/<name>/<version>-<target id>/`` (see ``tasks.truth``: array files named by content hash and
+``truth.json``, written last, which holds the sealed commitment).
 
-Prompts: held-out documents are shuffled with the suite's seed; each gets ``cuts_per_doc`` random cut points (at least
-``min_context`` tokens in) where the decoded prompt text re-encodes to exactly the same ids. Whole documents go to one
-split, so practice feedback never shows text from a sealed document.
+Prompts (``tasks.cuts``): whole held-out source documents go to one split; each passage is divided into
+non-overlapping windows with at most one cut each, so no prompt shows another prompt's realized continuation.
 
 The sealed commitment is sha256 over the sealed prompts file, then the sealed truth's log-probabilities (float32, C
 order) and realized next-token ids (int64): publish it at build time, check it before scoring.
@@ -15,11 +17,11 @@ order) and realized next-token ids (int64): publish it at build time, check it b
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
-import math
-import random
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,20 +30,18 @@ from typing import Any
 
 import numpy as np
 
-from .corpora import read_corpus, split_documents
+from .io import crash_point, fsync_tree, open_text, publish_link, read_json
 from .paths import data_dir, sha256_file
+from .truth import SPLITS, SuiteError, load_split, read_record
 from .vocab import Vocabulary
 
-FORMAT = "logitpred-suite/1"
-SPLITS = ("practice", "sealed")
-
-
-class SuiteError(ValueError):
-    """A suite is missing, stale or inconsistent."""
+FORMAT = "logitpred-suite/2"
 
 
 @dataclass(frozen=True)
 class SuiteConfig:
+    """How a suite is cut. Sizes are validated on creation (``SuiteError`` naming the field and its CLI option)."""
+
     name: str
     corpus: str
     seed: int = 0
@@ -49,9 +49,29 @@ class SuiteConfig:
     practice: int = 200
     sealed: int = 200
     min_context: int = 16
-    max_doc_tokens: int = 512
-    cuts_per_doc: int | None = None  # None: one cut per document when there are enough documents, else more
-    max_docs: int | None = None  # consider only this many held-out documents (tiny suites)
+    max_doc_tokens: int = 512  # windows hold at most max_doc_tokens + 1 tokens (prompt and realized token)
+    cuts_per_doc: int | None = None  # windows (one cut each) per passage; None: the fewest that reach the sizes
+    max_docs: int | None = None  # consider only this many held-out source documents (tiny suites)
+
+    def __post_init__(self) -> None:
+        def bad(what: str, option: str = "") -> SuiteError:
+            return SuiteError(f"suite {self.name!r}: {what}" + (f" (option {option})" if option else ""))
+
+        if not self.name or "/" in self.name or "\\" in self.name or self.name.startswith("."):
+            raise bad("name must be a plain folder name (no '/', not starting with '.')")
+        if not self.corpus:
+            raise bad("corpus is empty: give wiki, news, sotu, a .jsonl file or a .txt folder", "--corpus")
+        for f, option in (("practice", "--practice"), ("sealed", "--sealed"), ("min_context", "--min-context")):
+            if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
+                raise bad(f"{f} must be a whole number >= 1, got {getattr(self, f)!r}", option)
+        if not isinstance(self.heldout_fraction, int | float) or not 0 < self.heldout_fraction < 1:
+            raise bad(f"heldout_fraction must be between 0 and 1 (exclusive), got {self.heldout_fraction!r}",
+                      "--heldout-fraction")
+        if not isinstance(self.max_doc_tokens, int) or self.max_doc_tokens <= self.min_context:
+            raise bad(f"max_doc_tokens ({self.max_doc_tokens!r}) must exceed min_context ({self.min_context})")
+        for f in ("cuts_per_doc", "max_docs"):
+            if getattr(self, f) is not None and (not isinstance(getattr(self, f), int) or getattr(self, f) < 1):
+                raise bad(f"{f} must be None or a whole number >= 1, got {getattr(self, f)!r}")
 
 
 PRESETS: dict[str, SuiteConfig] = {
@@ -62,13 +82,27 @@ PRESETS: dict[str, SuiteConfig] = {
 }
 
 
+def build_command(config: dict[str, Any]) -> str:
+    """The ``logitpred suite build`` command that rebuilds a suite of this config (a manifest's ``config``)."""
+    name = config.get("name", "?")
+    base = dataclasses.asdict(PRESETS[name]) if name in PRESETS else {"corpus": None, **{
+        f.name: f.default for f in dataclasses.fields(SuiteConfig) if f.default is not dataclasses.MISSING}}
+    options = {"corpus": "--corpus", "practice": "--practice", "sealed": "--sealed", "seed": "--seed",
+               "heldout_fraction": "--heldout-fraction", "min_context": "--min-context"}
+    args = [f"{flag} {config[k]}" for k, flag in options.items() if k in config and config[k] != base.get(k)]
+    return " ".join(["logitpred suite build", name, *args, "--rebuild"])
+
+
 @dataclass(frozen=True)
 class Prompt:
     id: str
-    doc: str  # id of the document (passage) it was cut from
+    doc: str  # truth group key: ``<passage>@<start>``, one per window
     text: str
     token_ids: tuple[int, ...]
     next_token_id: int  # the token that really followed in the source document
+    source: str = ""  # source document (split unit); start and cut are token offsets in its coordinates
+    start: int = 0
+    cut: int = 0
 
 
 @dataclass
@@ -77,6 +111,7 @@ class Suite:
     manifest: dict[str, Any]
     _truth: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
     _prompts: dict[str, list[Prompt]] = field(default_factory=dict, repr=False)
+    _record: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -100,13 +135,25 @@ class Suite:
 
     @property
     def commitment(self) -> str | None:
-        return self.manifest.get("commitment")
+        """The sealed commitment from the truth record; None while truth is missing or unreadable."""
+        try:
+            record = self.truth_record()
+        except SuiteError:
+            return None
+        return record["commitment"] if record else None
+
+    @cached_property
+    def sealed_prompts_sha256(self) -> str:
+        """sha256 of ``sealed.jsonl``: identifies the sealed prompts whatever truth is computed for them."""
+        return sha256_file(self.path / "sealed.jsonl")
 
     def prompts(self, split: str) -> list[Prompt]:
+        """The prompts of ``split`` (``practice`` or ``sealed``), in file order."""
         _check_split(split)
         if split not in self._prompts:
             self._prompts[split] = [
-                Prompt(o["id"], o["doc"], o["text"], tuple(o["token_ids"]), o["next_token_id"])
+                Prompt(o["id"], o["doc"], o["text"], tuple(o["token_ids"]), o["next_token_id"], o["source"],
+                       o["start"], o["cut"])
                 for o in _read_jsonl(self.path / f"{split}.jsonl")
             ]
         return list(self._prompts[split])
@@ -130,17 +177,34 @@ class Suite:
     def truth_dir(self) -> Path:
         return data_dir() / "truth" / self.name / f"{self.version}-{self.target['id']}"
 
+    def truth_record(self) -> dict[str, Any] | None:
+        """The truth record (files, sha256, commitment) this object reads, read once; None if never computed.
+        Raises ``SuiteError`` if it is unreadable or belongs to another version or target."""
+        if self._record is None:
+            self._record = read_record(self.truth_dir, name=self.name, version=self.version,
+                                       target_id=self.target["id"])
+        return self._record
+
     def has_truth(self) -> bool:
-        record = self.truth_dir / "truth.json"
-        return record.is_file() and "commitment" in json.loads(record.read_text()) and all(
-            (self.truth_dir / f"{s}.safetensors").is_file() for s in SPLITS)
+        """Whether a readable truth record names existing files for both splits (hashes are checked on load)."""
+        try:
+            record = self.truth_record()
+        except SuiteError:
+            return False
+        return record is not None and all((self.truth_dir / record["files"][s]["file"]).is_file() for s in SPLITS)
 
     def truth_split(self, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """(prompt ids, log-probs float32 (n, vocab), realized next-token ids) of a split, verified by hash."""
+        """(prompt ids, log-probs float32 ``(n, vocab)``, realized next-token ids int64 ``(n,)``) of a split.
+
+        Verified on first load: file hash, shapes, no NaN or +inf. Raises ``SuiteError`` naming the fixing command.
+        """
         _check_split(split)
         if split not in self._truth:
             ids = [p.id for p in self.prompts(split)]
-            self._truth[split] = (ids, *truth_loader(self, split)())
+            record = self.truth_record()
+            if record is None:
+                raise SuiteError(f"no truth for suite {self.name!r} ({split}): run `logitpred truth --suite {self.name}`")
+            self._truth[split] = (ids, *load_split(self.truth_dir, record, split, ids, self.name))
         return self._truth[split]
 
     def truth(self, prompt_id: str) -> np.ndarray:
@@ -153,73 +217,69 @@ class Suite:
 
     def compute_truth(self, target: Any, *, rebuild: bool = False, batch_size: int = 8,
                       on_progress: Callable[[str, int, int], None] | None = None) -> str:
-        """Compute and cache truth for both splits with ``target`` (a ``tasks.Target``); returns the commitment."""
-        from safetensors.numpy import save_file
+        """Compute and cache truth for both splits with ``target`` (a ``tasks.Target``); returns the commitment.
 
-        from .truth import compute_truth
+        Reuses valid cached truth unless ``rebuild``. The record is replaced in one atomic step (``tasks.truth``).
+        Raises ``SuiteError`` for another target, or cached truth that fails its checks (without ``rebuild``).
+        """
+        from .truth import compute_truth, write_truth
 
         if target.identity.id != self.target["id"]:
             raise SuiteError(
                 f"suite {self.name!r} was built for target {self.target['name']} ({self.target['id']}), "
                 f"not {target.identity.name} ({target.identity.id}): rebuild the suite with this target"
             )
-        if self.has_truth() and not rebuild:
-            self.truth_split("sealed")  # verifies the hash
-            return self.manifest["commitment"]
-        self.truth_dir.mkdir(parents=True, exist_ok=True)
-        hashes = {}
+        if not rebuild and self.truth_record() is not None:
+            self.truth_split("practice")
+            self.truth_split("sealed")  # verify the hashes
+            return self.truth_record()["commitment"]
+        arrays, ids = {}, {}
         for split in SPLITS:
             prompts = self.prompts(split)
             logp = compute_truth(
                 target.model, prompts, bos_ids=self.bos_ids, batch_size=batch_size,
                 on_progress=(lambda n, s=split, t=len(prompts): on_progress(s, n, t)) if on_progress else None,
             )
-            nxt = np.array([p.next_token_id for p in prompts], dtype=np.int64)
-            path = self.truth_dir / f"{split}.safetensors"
-            save_file({"logp": logp, "next_token_id": nxt}, str(path))
-            hashes[split] = sha256_file(path)
-            self._truth.pop(split, None)
-        record = {"suite": self.name, "version": self.version, "target": self.target, "sha256": hashes}
-        (self.truth_dir / "truth.json").write_text(json.dumps(record, indent=2))
-        commitment = self._commitment()
-        (self.truth_dir / "truth.json").write_text(json.dumps({**record, "commitment": commitment}, indent=2))
-        # A recomputation on other hardware may differ in the last float bits; the commitment then changes and the
-        # new one must be published again (``logitpred truth`` prints it).
-        self.manifest["commitment"] = commitment
-        (self.path / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
-        return commitment
-
-    def _commitment(self) -> str:
-        _, logp, nxt = self.truth_split("sealed")
-        h = hashlib.sha256((self.path / "sealed.jsonl").read_bytes())
-        h.update(np.ascontiguousarray(logp, dtype=np.float32).tobytes())
-        h.update(np.ascontiguousarray(nxt, dtype=np.int64).tobytes())
-        return h.hexdigest()
+            arrays[split] = (logp, np.array([p.next_token_id for p in prompts], dtype=np.int64))
+            ids[split] = [p.id for p in prompts]
+        base = {"suite": self.name, "version": self.version, "target": self.target}
+        # A recomputation on other hardware or with another batch size may differ in the last float bits; the
+        # commitment then changes and must be published again (``logitpred truth`` prints it). Sealed submission
+        # counts are keyed by the sealed prompts, so they carry over.
+        self._record = write_truth(self.truth_dir, arrays, base, (self.path / "sealed.jsonl").read_bytes(), ids)
+        self._truth.clear()
+        return self._record["commitment"]
 
     def verify_commitment(self) -> None:
-        """Raise unless the sealed prompts and truth on disk hash to the commitment published at build time."""
-        if not self.commitment:
-            raise SuiteError(f"suite {self.name!r} has no commitment yet: run `logitpred truth --suite {self.name}`")
-        if self._commitment() != self.commitment:
-            raise SuiteError(f"suite {self.name!r}: sealed prompts or truth do not match the published commitment")
+        """Raise ``SuiteError`` unless the sealed prompts and truth on disk hash to the published commitment."""
+        from .truth import commitment_of
+
+        record = self.truth_record()
+        if record is None:
+            raise SuiteError(f"suite {self.name!r} has no truth yet, so no sealed commitment: "
+                             f"run `logitpred truth --suite {self.name}`")
+        if record.get("sealed_prompts_sha256") != self.sealed_prompts_sha256:
+            raise SuiteError(f"suite {self.name!r}: the sealed prompts changed after truth was computed (edited?): "
+                             f"rebuild with `{build_command(self.manifest['config'])}`")
+        _, logp, nxt = self.truth_split("sealed")
+        if commitment_of((self.path / "sealed.jsonl").read_bytes(), logp, nxt) != record["commitment"]:
+            raise SuiteError(f"suite {self.name!r}: sealed prompts or truth do not match the published commitment: "
+                             f"rebuild with `{build_command(self.manifest['config'])}` and publish the new one")
 
 
 def truth_loader(suite: Suite, split: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
-    """A function loading one split's (log-probs, realized ids), hash-checked, that holds only that file's path and
-    hash: what ``PredictorContext`` hands a predictor for practice truth, with no reference back to the suite."""
+    """A function loading one split's (log-probs, realized ids), hash-checked, that holds only the truth folder, the
+    suite's identity and the split's prompt ids: what ``PredictorContext`` hands a predictor for practice truth, with
+    no reference back to the suite. The record is read at call time."""
     _check_split(split)
-    path, record, name = suite.truth_dir / f"{split}.safetensors", suite.truth_dir / "truth.json", suite.name
+    folder, name, version, target_id = suite.truth_dir, suite.name, suite.version, suite.target["id"]
+    ids = [p.id for p in suite.prompts(split)]
 
     def load() -> tuple[np.ndarray, np.ndarray]:
-        from safetensors.numpy import load_file
-
-        if not path.is_file() or not record.is_file():
+        record = read_record(folder, name=name, version=version, target_id=target_id)
+        if record is None:
             raise SuiteError(f"no truth for suite {name!r} ({split}): run `logitpred truth --suite {name}`")
-        if sha256_file(path) != json.loads(record.read_text())["sha256"][split]:
-            raise SuiteError(f"truth file {path} does not match its recorded hash (corrupted or edited): "
-                             f"run `logitpred truth --suite {name} --rebuild`")
-        arrays = load_file(path)
-        return arrays["logp"], arrays["next_token_id"]
+        return load_split(folder, record, split, ids, name)
 
     return load
 
@@ -230,18 +290,20 @@ def _check_split(split: str) -> None:
 
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for line in f:
             if line.strip():
                 yield json.loads(line)
 
 
 def suite_dir(name: str) -> Path:
+    """Where suite ``name`` is published: ``<data_dir>/suites/<name>`` (a link to its current build)."""
     return data_dir() / "suites" / name
 
 
 def load_suite(name_or_path: str | Path) -> Suite:
-    """A built suite, by name (under the data dir) or by folder path."""
+    """A built suite, by name (under the data dir) or by folder path. Raises ``SuiteError`` if it is not built, or
+    was built by an older format (with the command that rebuilds it)."""
     path = Path(name_or_path)
     if not (path / "manifest.json").is_file():
         path = suite_dir(str(name_or_path))
@@ -251,94 +313,81 @@ def load_suite(name_or_path: str | Path) -> Suite:
         raise SuiteError(
             f"suite {str(name_or_path)!r} is not built: run `logitpred suite build {name_or_path}` (presets: {known})"
         )
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = read_json(manifest_path)
+    except ValueError as e:
+        raise SuiteError(f"{manifest_path} is unreadable ({e}): rebuild the suite with `logitpred suite build "
+                         f"{path.name} --rebuild`") from e
     if manifest.get("format") != FORMAT:
-        raise SuiteError(f"{manifest_path}: unsupported suite format {manifest.get('format')!r} (expected {FORMAT})")
+        raise SuiteError(f"{manifest_path}: suite format {manifest.get('format')!r}, not {FORMAT} (older suites could "
+                         f"show one prompt's hidden continuation in another): rebuild with "
+                         f"`{build_command(manifest.get('config') or {'name': path.name})}`")
     return Suite(path, manifest)
-
-
-def _cut_prompts(doc_id: str, ids: list[int], tokenizer: Any, rng: random.Random, k: int,
-                 min_context: int) -> list[tuple[int, str]]:
-    """Up to ``k`` cut points (with the prompt text) where the text re-encodes to exactly ``ids[:cut]``."""
-    candidates = list(range(min_context, len(ids)))
-    rng.shuffle(candidates)
-    cuts: list[tuple[int, str]] = []
-    for cut in candidates[: 8 * k]:
-        text = tokenizer.decode(ids[:cut], clean_up_tokenization_spaces=False)
-        if tokenizer(text, add_special_tokens=False)["input_ids"] == ids[:cut]:
-            cuts.append((cut, text))
-            if len(cuts) == k:
-                break
-    return sorted(cuts)
 
 
 def build_suite(config: SuiteConfig, tokenizer: Any, identity: Any, vocab_size: int, *,
                 on_progress: Callable[[int, int], None] | None = None) -> Suite:
-    """Cut the prompts of a suite and write its folder (truth is computed separately by ``Suite.compute_truth``)."""
+    """Cut the prompts of a suite and publish its folder (truth is computed separately by ``Suite.compute_truth``).
+
+    The build is written to a fresh folder, synced, then published by an atomic link switch; the previous build of the
+    same name is deleted after the switch. Raises ``SuiteError`` when the corpus cannot give the sizes asked.
+    """
+    from .cuts import leaks, prompt_rows
+
+    rows = prompt_rows(config, tokenizer, on_progress=on_progress)
+    problems = leaks(rows)
+    if problems:  # prompt_rows guarantees none; never publish a suite that breaks the invariant
+        raise SuiteError(f"internal error, suite {config.name!r} not written: {len(problems)} leak(s), first: "
+                         f"{problems[0]}")
+    builds = data_dir() / "suite-builds" / config.name
+    builds.mkdir(parents=True, exist_ok=True)
+    with open(builds.parent / f".{config.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build of a name at a time: each deletes the others' folders
+        build = builds / uuid.uuid4().hex[:12]
+        _write_build(build, config, rows, tokenizer, identity, vocab_size)
+        crash_point("suite:before-link")
+        publish_link(suite_dir(config.name), build)
+        crash_point("suite:after-link")
+        for old in builds.iterdir():  # earlier builds, and builds of killed processes that were never published
+            if old == build:
+                continue
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+    return load_suite(config.name)
+
+
+def _write_build(build: Path, config: SuiteConfig, rows: dict[str, list[dict[str, Any]]], tokenizer: Any,
+                 identity: Any, vocab_size: int) -> None:
+    """Write a complete suite folder at ``build`` (not yet published) and sync it to disk."""
     from .target import bos_ids
     from .tokens import train_tokens, unigram_distribution
 
-    docs = read_corpus(config.corpus)
-    _, held = split_documents(docs, seed=config.seed, heldout_fraction=config.heldout_fraction)
-    held = [d for d in held if not d.damaged]
-    rng = random.Random(f"logitpred-suite:{config.seed}:{config.corpus}")
-    rng.shuffle(held)
-    if config.max_docs:
-        held = held[: config.max_docs]
-    need = {"practice": config.practice, "sealed": config.sealed}
-    total = sum(need.values())
-    per_doc = config.cuts_per_doc or max(1, math.ceil(total / max(1, len(held))))
-    rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
-    turn = 0
-    for doc in held:
-        if all(len(rows[s]) >= need[s] for s in SPLITS):
-            break
-        split = SPLITS[turn % 2] if len(rows[SPLITS[turn % 2]]) < need[SPLITS[turn % 2]] else SPLITS[(turn + 1) % 2]
-        ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"][: config.max_doc_tokens + 1]
-        cuts = _cut_prompts(doc.id, ids, tokenizer, rng, min(per_doc, need[split] - len(rows[split])),
-                            config.min_context)
-        if not cuts:
-            continue
-        turn += 1
-        for cut, text in cuts:
-            pid = f"{config.name}-" + hashlib.sha256(f"{doc.id}@{cut}".encode()).hexdigest()[:12]
-            rows[split].append({"id": pid, "doc": doc.id, "cut": cut, "text": text, "token_ids": ids[:cut],
-                                "next_token_id": ids[cut]})
-        if on_progress:
-            on_progress(sum(len(r) for r in rows.values()), total)
+    build.mkdir(parents=True)
     for s in SPLITS:
-        if len(rows[s]) < need[s]:
-            raise SuiteError(
-                f"corpus {config.corpus!r} gave only {len(rows[s])} {s} prompts of {need[s]} asked: lower the "
-                f"sizes, raise cuts_per_doc or heldout_fraction, or lower min_context ({config.min_context})"
-            )
-
-    path = suite_dir(config.name)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for s in SPLITS:
-        with open(tmp / f"{s}.jsonl", "w", encoding="utf-8") as f:
+        with open(build / f"{s}.jsonl", "w", encoding="utf-8") as f:
             for r in rows[s]:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    Vocabulary.from_tokenizer(tokenizer, vocab_size).save(tmp / "vocab.json")
+    Vocabulary.from_tokenizer(tokenizer, vocab_size).save(build / "vocab.json")
     stream = train_tokens(config.corpus, tokenizer, identity.tokenizer_sha256, seed=config.seed,
                           heldout_fraction=config.heldout_fraction)
-    np.save(tmp / "background.npy", unigram_distribution(stream.tokens, vocab_size))
-    tokenizer.save_pretrained(tmp / "tokenizer")
+    np.save(build / "background.npy", unigram_distribution(stream.tokens, vocab_size))
+    tokenizer.save_pretrained(build / "tokenizer")
     h = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
     for s in SPLITS:
-        h.update((tmp / f"{s}.jsonl").read_bytes())
+        h.update((build / f"{s}.jsonl").read_bytes())
     h.update(identity.tokenizer_sha256.encode())
     manifest = {
-        "format": FORMAT, "name": config.name, "version": f"1-{h.hexdigest()[:12]}",
+        "format": FORMAT, "name": config.name, "version": f"2-{h.hexdigest()[:12]}",
         "config": dataclasses.asdict(config), "target": identity.to_dict(), "vocab_size": vocab_size,
         "bos_ids": bos_ids(tokenizer), "sizes": {s: len(rows[s]) for s in SPLITS},
-        "documents": {"heldout_used": len({r["doc"] for s in SPLITS for r in rows[s]}),
+        "documents": {"heldout_sources": len({r["source"] for s in SPLITS for r in rows[s]}),
+                      "heldout_passages": len({r["passage"] for s in SPLITS for r in rows[s]}),
+                      "windows": len({r["doc"] for s in SPLITS for r in rows[s]}),
                       "train_tokens": int(stream.tokens.size), "train_documents": len(stream.doc_ids)},
-        "commitment": None,
+        "sealed_prompts_sha256": sha256_file(build / "sealed.jsonl"),
     }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.replace(path)
-    return load_suite(path)
+    (build / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    fsync_tree(build)
+

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .corpora import corpus_name, read_corpus, split_documents
+from .io import atomic_write
 from .paths import data_dir
 
 
@@ -38,7 +39,11 @@ def _encode_all(tokenizer: Any, texts: list[str], batch: int = 512) -> list[list
 def train_tokens(
     corpus: str, tokenizer: Any, tokenizer_sha256: str, *, seed: int = 0, heldout_fraction: float = 0.1
 ) -> TokenStream:
-    """The train part of ``corpus`` tokenized by the target's tokenizer; cached by corpus content, split and tokenizer."""
+    """The train part of ``corpus`` tokenized by the target's tokenizer; cached by corpus content, split and tokenizer.
+
+    The cache file (``<data_dir>/tokens/*.npz``) is written atomically (``tasks.io.atomic_write``); an unreadable one
+    (e.g. left by an older version killed mid-write) is rebuilt.
+    """
     docs = read_corpus(corpus)
     train, _ = split_documents(docs, seed=seed, heldout_fraction=heldout_fraction)
     h = hashlib.sha256()
@@ -47,17 +52,17 @@ def train_tokens(
     key = hashlib.sha256(f"{h.hexdigest()}:{tokenizer_sha256}".encode()).hexdigest()[:16]
     path = data_dir() / "tokens" / f"{corpus_name(corpus)}-s{seed}-h{heldout_fraction}-{key}.npz"
     if path.is_file():
-        z = np.load(path)
-        return TokenStream(z["tokens"], z["offsets"], json.loads(str(z["doc_ids"])))
+        try:
+            with np.load(path) as z:
+                return TokenStream(z["tokens"], z["offsets"], json.loads(str(z["doc_ids"])))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # unreadable cache: rebuilt below
     ids = _encode_all(tokenizer, [d.text for d in train])
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     tokens = np.fromiter((t for x in ids for t in x), dtype=np.uint32, count=int(offsets[-1]))
     stream = TokenStream(tokens, offsets, [d.id for d in train])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, tokens=tokens, offsets=offsets, doc_ids=np.array(json.dumps(stream.doc_ids)))
-    Path(tmp).replace(path)
+    atomic_write(path, lambda f: np.savez(f, tokens=tokens, offsets=offsets, doc_ids=np.array(json.dumps(stream.doc_ids))))
     return stream
 
 

@@ -1,5 +1,6 @@
-"""Holdout hygiene: the submission ledger (counts per predictor and commitment, concurrent writers, sealed scoring
-counted by ``evals.scoring.score``) and the coarse release (grid rounding, Blum & Hardt's Ladder)."""
+"""Holdout hygiene: the submission ledger (counts per predictor and sealed prompts, kept when truth is recomputed,
+concurrent writers, a torn last line, older rows, sealed scoring counted by ``evals.scoring.score``) and the coarse
+release (grid rounding, Blum & Hardt's Ladder)."""
 
 import multiprocessing as mp
 from types import SimpleNamespace
@@ -39,20 +40,23 @@ def _record_many(path: str, n: int) -> None:
     import os
 
     os.environ["LOGITPRED_LEDGER"] = path
-    suite = SimpleNamespace(name="s", commitment="c1")
+    suite = SimpleNamespace(name="s", sealed_prompts_sha256="P1", commitment="c1")
     for _ in range(n):
         holdout.record(suite, "p")
 
 
-def test_ledger_counts_per_predictor_and_commitment_with_concurrent_writers(ledger):
-    s1, s2 = SimpleNamespace(name="s", commitment="c1"), SimpleNamespace(name="s", commitment="c2")
+def test_ledger_counts_per_predictor_and_sealed_prompts_with_concurrent_writers(ledger):
+    s1 = SimpleNamespace(name="s", sealed_prompts_sha256="P1", commitment="c1")
+    s2 = SimpleNamespace(name="s", sealed_prompts_sha256="P2", commitment="c2")
     procs = [mp.get_context("spawn").Process(target=_record_many, args=(str(ledger), 25)) for _ in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
     assert holdout.count(s1, "p") == 50  # no lost update between the two writers
-    assert holdout.count(s2, "p") == 0 and holdout.count(s1, "q") == 0  # new truth, other predictor: fresh counts
+    assert holdout.count(s2, "p") == 0 and holdout.count(s1, "q") == 0  # new prompts, other predictor: fresh counts
+    recomputed = SimpleNamespace(name="s", sealed_prompts_sha256="P1", commitment="c1-other-float-bits")
+    assert holdout.count(recomputed, "p") == 50  # same prompts, truth recomputed: the count stays
     assert holdout.check(s1, "p", None) == 50 and holdout.check(s1, "p", 51) == 50
     with pytest.raises(holdout.HoldoutError, match="limit 50"):
         holdout.check(s1, "p", 50)
@@ -84,3 +88,47 @@ def test_score_refuses_sealed_past_the_limit(tiny_suite, ledger, monkeypatch):
             with pytest.raises(holdout.HoldoutError, match="limit 1"):
                 score(tiny_suite, "sealed", ValidatedPredictions(ids, q, [], []), predictor={"name": "capped"})
     assert holdout.count(tiny_suite, "capped") == 1
+
+
+def test_recomputing_truth_keeps_the_sealed_count(tiny_suite, target, ledger, tmp_path, monkeypatch):
+    """The tiny suite (a copy of its data) scored 3 times on sealed, truth recomputed with batch size 1: still 3."""
+    import shutil
+
+    from tasks import load_suite
+    from tasks.paths import data_dir
+
+    home = tmp_path / "home"
+    for part in ("suites", "suite-builds/tiny", "truth/tiny"):
+        shutil.copytree(data_dir() / part, home / part, symlinks=True, dirs_exist_ok=True)
+    monkeypatch.setenv("LOGITPRED_HOME", str(home))
+    suite = load_suite("tiny")
+    before = suite.commitment
+    assert before == tiny_suite.commitment and suite.path.resolve().parent.parent.parent == home
+    for _ in range(3):
+        holdout.record(suite, "recounted")
+    after = suite.compute_truth(target, rebuild=True, batch_size=1)
+    fresh = load_suite("tiny")
+    assert fresh.commitment == after and fresh.sealed_prompts_sha256 == suite.sealed_prompts_sha256
+    fresh.verify_commitment()
+    assert holdout.count(fresh, "recounted") == 3
+    with pytest.raises(holdout.HoldoutError, match="scored 3 time"):
+        holdout.check(fresh, "recounted", 3)
+    assert holdout.record(fresh, "recounted") == 4
+
+
+def test_torn_last_line_is_skipped_and_older_rows_still_count(ledger):
+    import json
+
+    suite = SimpleNamespace(name="s", sealed_prompts_sha256="P1", commitment="c1")
+    old = {"time": "t", "suite": "s", "commitment": "c1", "predictor": "p", "run_id": None, "via": "score"}
+    ledger.write_text(json.dumps(old) + "\n" + json.dumps(old) + "\n" + '{"time": "t", "suite": "s", "comm')
+    assert holdout.count(suite, "p") == 2  # two rows of the older format (commitment only); the torn line skipped
+    assert holdout.record(suite, "p") == 3
+    lines = ledger.read_text().splitlines()  # the torn line was cut off before the append
+    assert len(lines) == 3 and json.loads(lines[2])["prompts"] == "P1" and json.loads(lines[2])["commitment"] == "c1"
+    # truth recomputed: the older rows are placed on these prompts by the new row that names both
+    moved = SimpleNamespace(name="s", sealed_prompts_sha256="P1", commitment="c9")
+    assert holdout.count(moved, "p") == 3
+    ledger.write_text(ledger.read_text() + "{broken\n" + json.dumps(old) + "\n")
+    with pytest.raises(holdout.HoldoutError, match="line 4 is corrupted"):
+        holdout.count(suite, "p")

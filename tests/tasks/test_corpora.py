@@ -56,3 +56,31 @@ def test_long_documents_become_passages_on_one_side_of_the_split(tmp_path):
     assert [d.id for d in again[1]] == [d.id for d in held]
     other = split_documents(docs, seed=1, heldout_fraction=0.3)
     assert [d.id for d in other[1]] != [d.id for d in held]
+
+
+def test_jsonl_corpus_with_a_bom_keeps_its_first_line(tmp_path):
+    lines = [json.dumps({"id": "first", "text": "Line one."}), json.dumps({"id": "second", "text": "Line two."})]
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode("utf-8") + b"\n")
+    docs = read_corpus(str(path))
+    assert [(d.id, d.text) for d in docs] == [("first", "Line one."), ("second", "Line two.")]
+
+
+def test_duplicate_keys_in_a_corpus_line_are_an_error_naming_key_and_line(tmp_path):
+    path = tmp_path / "dup.jsonl"
+    path.write_text(json.dumps({"id": "ok", "text": "Fine."}) + "\n" + '{"id": "a", "text": "x", "text": "y"}\n')
+    with pytest.raises(CorpusError, match=r"dup\.jsonl:2: duplicate key 'text'"):
+        read_corpus(str(path))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "x"\n')
+    with pytest.raises(CorpusError, match=r"bad\.jsonl:1: not valid JSON"):
+        read_corpus(str(bad))
+
+
+def test_txt_folder_with_a_bom_reads_correctly(tmp_path):
+    folder = tmp_path / "txt"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"\xef\xbb\xbfBonjour, caf\xc3\xa9.")
+    (folder / "b.txt").write_bytes(b"Plain text.")
+    docs = read_corpus(str(folder))
+    assert [(d.id, d.text) for d in docs] == [("a.txt", "Bonjour, café."), ("b.txt", "Plain text.")]

@@ -1,4 +1,5 @@
-"""Cached truth equals a direct single-prompt forward pass, whatever the batch size (padding must not leak)."""
+"""Cached truth equals a direct single-prompt forward pass, whatever the batch size (padding must not leak); stored
+truth with NaN or +inf is refused by name, -inf (masked tokens) loads."""
 
 import numpy as np
 import pytest
@@ -42,3 +43,61 @@ def test_several_cuts_of_one_document_share_a_pass(target, tiny_suite):
     got = compute_truth(target.model, cuts, batch_size=2)
     for row, p in zip(got, cuts, strict=True):
         np.testing.assert_allclose(row, direct_truth(target.model, p.token_ids), atol=1e-4)
+
+
+def _stored(tiny_suite, folder, split, logp, nxt):
+    """Write ``logp``/``nxt`` as a split's truth file in ``folder`` with a record naming it (as write_truth would)."""
+    import hashlib
+
+    from safetensors.numpy import save
+
+    from tasks.truth import TRUTH_FORMAT
+
+    data = save({"logp": logp, "next_token_id": nxt})
+    sha = hashlib.sha256(data).hexdigest()
+    (folder / f"{split}-{sha[:16]}.safetensors").write_bytes(data)
+    entry = {"file": f"{split}-{sha[:16]}.safetensors", "sha256": sha}
+    return {"format": TRUTH_FORMAT, "suite": tiny_suite.name, "version": tiny_suite.version,
+            "target": tiny_suite.target, "files": {"practice": entry, "sealed": entry}, "commitment": "0" * 64}
+
+
+@pytest.mark.parametrize(("value", "word"), [(np.nan, "NaN"), (np.inf, r"\+inf")])
+def test_nan_and_plus_inf_in_stored_truth_are_refused(tiny_suite, tmp_path, value, word):
+    import json
+
+    from tasks import SuiteError
+    from tasks.truth import load_split, read_record
+
+    ids, logp, nxt = tiny_suite.truth_split("practice")
+    bad = logp.copy()
+    bad[2, 5] = value
+    record = _stored(tiny_suite, tmp_path, "practice", bad, nxt)
+    (tmp_path / "truth.json").write_text(json.dumps(record))
+    record = read_record(tmp_path, name="tiny", version=tiny_suite.version, target_id=tiny_suite.target["id"])
+    with pytest.raises(SuiteError, match=rf"truth of suite 'tiny' \(practice\) row 2 \(prompt {ids[2]}\) holds "
+                                         rf"{word} at token id 5.*logitpred truth --suite tiny --rebuild"):
+        load_split(tmp_path, record, "practice", ids, "tiny")
+
+
+def test_minus_inf_in_stored_truth_is_legitimate(tiny_suite, tmp_path):
+    from tasks.truth import load_split
+
+    ids, logp, nxt = tiny_suite.truth_split("practice")
+    masked = logp.copy()
+    masked[1, 7] = -np.inf  # a token the target masks out
+    record = _stored(tiny_suite, tmp_path, "practice", masked, nxt)
+    got, got_nxt = load_split(tmp_path, record, "practice", ids, "tiny")
+    assert got[1, 7] == -np.inf and np.array_equal(got[0], logp[0]) and list(got_nxt) == list(nxt)
+
+
+def test_nan_from_the_target_is_never_written(tiny_suite, tmp_path):
+    from tasks import SuiteError
+    from tasks.truth import write_truth
+
+    ids, logp, nxt = tiny_suite.truth_split("sealed")
+    bad = logp.copy()
+    bad[0, 0] = np.nan
+    arrays = {"practice": (logp, nxt), "sealed": (bad, nxt)}
+    with pytest.raises(SuiteError, match=rf"\(sealed\) row 0 \(prompt {ids[0]}\) holds NaN.*nothing was written"):
+        write_truth(tmp_path, arrays, {"suite": "tiny"}, b"", {"practice": ids, "sealed": ids})
+    assert list(tmp_path.iterdir()) == []

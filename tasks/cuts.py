@@ -1,0 +1,201 @@
+"""Cutting prompts from held-out documents so that no prompt shows what another one hides.
+
+A suite's prompts are shown side by side (and practice prompts with their truth), so each prompt's hidden
+continuation must stay hidden from every other prompt of the suite, in either split. The scheme:
+
+- Held-out *source* documents (a ``sotu`` address, cut into passages by ``tasks.corpora``, is one source) are shuffled
+  with the suite's seed and given whole to one split: practice feedback never shows text of a sealed source.
+- Each passage is tokenized and divided into consecutive, non-overlapping *windows* of at most ``max_doc_tokens + 1``
+  tokens (a boundary moves back by at most ``ALIGN`` tokens to the start of a word, so windows rarely begin mid-word).
+- At most one cut per window: prompt = window tokens ``[start:cut]`` (at least ``min_context`` of them), realized next
+  token = the token at ``cut``. The prompt's text must re-encode to exactly its ids.
+- A window that some later text follows (not the last window of its source) takes its cut at least ``GUARD`` tokens
+  before its end, so the next window's prompt starts at least ``GUARD`` tokens after the cut: the realized token and the
+  ``GUARD - 1`` tokens after it are never shown. (Text further on in the same source may appear in another window's
+  prompt; it says where the text goes, not what the next token is.)
+- One window per passage is preferred; more are used only when the held-out passages are too few for the sizes asked
+  (``cuts_per_doc`` fixes the number instead).
+
+Token coordinates: a source's tokens are its passages' tokens one after another; every prompt row records ``source``,
+``passage``, ``offset`` (the passage's first token), and ``start`` and ``cut`` in source coordinates, so ``leaks``
+can check the invariant from the rows alone. ``doc`` (the truth group key) is ``<passage>@<start>``: one per window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .corpora import Document, read_corpus, split_documents
+from .truth import SPLITS, SuiteError
+
+GUARD = 32  # tokens from a cut on (the realized token first) that no prompt of the suite may show
+ALIGN = 16  # a window boundary moves back at most this many tokens to a word start
+TRIES = 8  # cut positions tried per window before giving it up (the text must re-encode exactly)
+
+
+@dataclass(frozen=True)
+class Window:
+    source: str
+    passage: str
+    offset: int  # the passage's first token, in source coordinates
+    start: int  # [start, end) in passage coordinates
+    end: int
+    last: bool  # the last window of its source: no text follows it
+
+
+def windows(ids: Sequence[int], size: int, tokenizer: Any) -> list[tuple[int, int]]:
+    """Consecutive non-overlapping ``[start, end)`` windows covering ``ids``, each at most ``size`` tokens long.
+
+    A boundary moves back by at most ``ALIGN`` tokens to a token whose text starts with whitespace (a word start).
+    """
+    out: list[tuple[int, int]] = []
+    start, n = 0, len(ids)
+    while start < n:
+        end = start + size
+        if end >= n:
+            out.append((start, n))
+            break
+        for b in range(end, max(start + 1, end - ALIGN), -1):
+            if tokenizer.decode([ids[b]])[:1].isspace():
+                end = b
+                break
+        out.append((start, end))
+        start = end
+    return out
+
+
+def _cut(w: Window, ids: Sequence[int], tokenizer: Any, seed: int, min_context: int) -> tuple[int, str] | None:
+    """One cut (passage coordinates) in window ``w`` whose prompt text re-encodes to exactly its ids, or None."""
+    hi = w.end - 1 if w.last else w.end - GUARD
+    candidates = list(range(w.start + min_context, hi + 1))
+    random.Random(f"logitpred-cut:{seed}:{w.passage}:{w.start}").shuffle(candidates)
+    for cut in candidates[:TRIES]:
+        text = tokenizer.decode(ids[w.start:cut], clean_up_tokenization_spaces=False)
+        if tokenizer(text, add_special_tokens=False)["input_ids"] == list(ids[w.start:cut]):
+            return cut, text
+    return None
+
+
+def prompt_rows(config: Any, tokenizer: Any, *, docs: list[Document] | None = None,
+                on_progress: Callable[[int, int], None] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The prompt rows of a suite, ``{"practice": [...], "sealed": [...]}``, without computing truth.
+
+    ``config`` is a ``SuiteConfig``; ``docs`` defaults to ``read_corpus(config.corpus)``. Each row holds ``id``,
+    ``doc`` (truth group key), ``source``, ``passage``, ``offset``, ``start``, ``cut`` (token offsets, source
+    coordinates), ``text``, ``token_ids`` (``cut - start`` ids) and ``next_token_id``. Deterministic in the config.
+    Raises ``SuiteError`` naming the cause when the held-out text cannot give the sizes asked.
+    """
+    docs = read_corpus(config.corpus) if docs is None else docs
+    _, held = split_documents(docs, seed=config.seed, heldout_fraction=config.heldout_fraction)
+    groups: dict[str, list[Document]] = defaultdict(list)
+    damaged = set()
+    for d in held:
+        if d.damaged:
+            damaged.add(d.source)
+        else:
+            groups[d.source].append(d)
+    sources = sorted(groups)
+    random.Random(f"logitpred-suite:{config.seed}:{config.corpus}").shuffle(sources)
+    if config.max_docs:
+        sources = sources[: config.max_docs]
+    passages = [d for s in sources for d in groups[s]]
+    encoded = tokenizer([d.text for d in passages], add_special_tokens=False)["input_ids"] if passages else []
+    tokens = {d.id: ids for d, ids in zip(passages, encoded, strict=True)}
+    per_source: dict[str, list[tuple[int, int, Window]]] = {}
+    for s in sources:
+        items, offset = [], 0
+        for p_index, d in enumerate(groups[s]):
+            spans = windows(tokens[d.id], config.max_doc_tokens + 1, tokenizer)
+            for w_index, (a, b) in enumerate(spans):
+                last = p_index == len(groups[s]) - 1 and w_index == len(spans) - 1
+                items.append((w_index, p_index, Window(s, d.id, offset, a, b, last)))
+            offset += len(tokens[d.id])
+        per_source[s] = sorted(items, key=lambda x: x[:2])  # first windows of every passage first
+    cuts: dict[Window, tuple[int, str] | None] = {}
+    need = {"practice": config.practice, "sealed": config.sealed}
+    total = sum(need.values())
+    most = max((w for items in per_source.values() for w, _, _ in items), default=0) + 1
+    rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    for k in [config.cuts_per_doc] if config.cuts_per_doc else range(1, most + 1):
+        rows = {s: [] for s in SPLITS}
+        for source in sources:
+            split = max(SPLITS, key=lambda s: need[s] - len(rows[s]))  # the split furthest from its size
+            if len(rows[split]) >= need[split]:
+                break
+            for w_index, _, w in per_source[source]:
+                if w_index >= k or len(rows[split]) >= need[split]:
+                    continue
+                if w not in cuts:
+                    cuts[w] = _cut(w, tokens[w.passage], tokenizer, config.seed, config.min_context)
+                if cuts[w] is not None:
+                    rows[split].append(_row(config.name, w, *cuts[w], tokens[w.passage]))
+            if on_progress:
+                on_progress(sum(len(r) for r in rows.values()), total)
+        if all(len(rows[s]) >= need[s] for s in SPLITS):
+            return rows
+    raise SuiteError(_shortfall(config, rows, docs, groups, damaged, per_source, cuts))
+
+
+def _row(suite: str, w: Window, cut: int, text: str, ids: Sequence[int]) -> dict[str, Any]:
+    start, at = w.offset + w.start, w.offset + cut
+    return {"id": f"{suite}-" + hashlib.sha256(f"{w.source}@{at}".encode()).hexdigest()[:12],
+            "doc": f"{w.passage}@{start}", "source": w.source, "passage": w.passage, "offset": w.offset,
+            "start": start, "cut": at, "text": text, "token_ids": list(ids[w.start:cut]), "next_token_id": ids[cut]}
+
+
+def _shortfall(config: Any, rows: dict[str, list[Any]], docs: list[Document], groups: Mapping[str, Any],
+               damaged: set[str], per_source: Mapping[str, list[Any]], cuts: Mapping[Window, Any]) -> str:
+    n_sources = len({d.source for d in docs})
+    held = len(groups) + len(damaged)
+    usable = sum(1 for items in per_source.values() for *_, w in items
+                 if w.end - w.start > config.min_context + (0 if w.last else GUARD - 1))
+    got = ", ".join(f"{len(rows[s])} of {n} {s}" for s, n in (("practice", config.practice),
+                                                               ("sealed", config.sealed)))
+    were = "was" if held == 1 else "were"
+    parts = [f"only {held} of {n_sources} documents {were} held out (heldout_fraction {config.heldout_fraction})"]
+    if damaged:
+        parts.append(f"{len(damaged)} of them damaged, so never cut")
+    if config.max_docs:
+        parts.append(f"only {len(per_source)} of them considered (max_docs {config.max_docs})")
+    parts.append(f"their text has {usable} windows (at most {config.max_doc_tokens + 1} tokens, one prompt each) with "
+                 f"room for a cut after {config.min_context} tokens of context (min_context)")
+    return (f"corpus {config.corpus!r} gave only {got} prompts: {'; '.join(parts)}. Each split takes whole documents. "
+            "Hold out more text (--heldout-fraction), ask for fewer prompts (--practice, --sealed), lower --min-context, "
+            "or try another --seed")
+
+
+def leaks(rows: Mapping[str, Sequence[Mapping[str, Any]]] | Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every way the prompt ``rows`` (by split, or one list) show what another prompt hides; [] when none.
+
+    Checked in source token coordinates: a prompt shows exactly ``cut - start`` tokens; no prompt shows any of the
+    ``GUARD`` tokens from another prompt's cut on (so none covers another's cut, and none begins right after it); no
+    two prompts share a cut; no source has prompts in two splits.
+    """
+    flat = ([(s, r) for s, rs in rows.items() for r in rs] if isinstance(rows, Mapping)
+            else [("", r) for r in rows])
+    problems = []
+    by_source: dict[str, list[tuple[str, Mapping[str, Any]]]] = defaultdict(list)
+    for split, r in flat:
+        if len(r["token_ids"]) != r["cut"] - r["start"]:
+            problems.append(f"prompt {r['id']} shows {len(r['token_ids'])} tokens, not its span "
+                            f"[{r['start']}, {r['cut']}) of {r['source']!r}")
+        by_source[r["source"]].append((split, r))
+    for source, items in by_source.items():
+        if len({s for s, _ in items}) > 1:
+            problems.append(f"source {source!r} has prompts in {' and '.join(sorted({s for s, _ in items}))}")
+        for i, (_, p) in enumerate(items):
+            for j, (_, q) in enumerate(items):
+                if i == j:
+                    continue
+                if q["cut"] == p["cut"]:
+                    if i < j:
+                        problems.append(f"prompts {p['id']} and {q['id']} share the cut {p['cut']} of {source!r}")
+                elif q["start"] < p["cut"] + GUARD and q["cut"] > p["cut"]:
+                    problems.append(f"prompt {q['id']} shows tokens [{q['start']}, {q['cut']}) of {source!r}: within "
+                                    f"{GUARD} tokens from prompt {p['id']}'s cut at {p['cut']}")
+    return problems
