@@ -38,7 +38,9 @@ def serve(
     sealed_per_minute: Annotated[int, typer.Option(help="Sealed answers allowed per participant per minute.")] = 20,
     max_body: Annotated[int, typer.Option(help="Largest request body accepted, in bytes.")] = 16384,
     secure_cookies: Annotated[bool, typer.Option(help="Mark cookies Secure (when served behind HTTPS).")] = False,
-    url: Annotated[str | None, typer.Option(help="Public address for printed links (default http://HOST:PORT).")] = None,
+    url: Annotated[str | None, typer.Option(help="Public address (e.g. https://predict.example.org): printed links, and "
+                                                 "the origin every answer must come from. Required behind a proxy.")]
+    = None,
 ) -> None:
     """Serve the human prediction form for a suite (practice with feedback, sealed without)."""
     import uvicorn
@@ -51,9 +53,12 @@ def serve(
     s = load_suite(suite)
     try:
         app = create_app(s, db_url=db, sealed_per_minute=sealed_per_minute, max_body=max_body,
-                         secure_cookies=secure_cookies)
-    except (DbError, SuiteError) as e:
+                         secure_cookies=secure_cookies, public_url=url)  # None: the request's own scheme and Host
+    except (DbError, SuiteError, ValueError) as e:
         fail(str(e))
+    if secure_cookies and not url:
+        console.print("[yellow]warning:[/] --secure-cookies without --url: behind an HTTPS proxy give the public "
+                      "address with --url, or every answer is refused as cross-site")
     if host not in ("127.0.0.1", "localhost", "::1") and not secure_cookies:
         console.print("[yellow]warning:[/] listening beyond loopback without --secure-cookies: put it behind HTTPS")
     base = url or f"http://{host}:{port}"

@@ -106,3 +106,23 @@ def test_meta_file_with_duplicate_key_is_bad_input(tiny_suite, tmp_path):
     (tmp_path / "p.jsonl.meta.json").write_text('{"name": "a", "name": "b"}')
     code, out = invoke("score", str(path), "-s", "tiny")
     assert code == 2 and "duplicate key 'name'" in out
+
+
+def test_serve_checks_origins_against_its_public_url(tiny_suite, tmp_path):
+    """`serve --url` reaches the app: behind a proxy (Host 127.0.0.1:PORT) the public origin is the one compared."""
+    import httpx
+
+    from evals.human.client import serve
+
+    url = "https://predict.example.org"
+    form = {"token": "t", "form_token": "f"}
+    with serve("tiny", f"sqlite:///{tmp_path / 'h.sqlite'}", options=("--url", url)) as (base, _):
+        def join(origin: str) -> httpx.Response:
+            return httpx.post(f"{base}/join", data=form, headers={"origin": origin})
+
+        foreign = join("https://evil.example")
+        assert foreign.status_code == 403 and "is not this server&#39;s address " + url in foreign.text
+        assert "is not this server" in join(base).text  # the upstream address is not the public one
+        public = join(url)  # passes the origin check; refused later only for the made-up login form token
+        assert public.status_code == 403 and "is not this server" not in public.text
+        assert "login form expired" in public.text
