@@ -171,7 +171,8 @@ def members_of(options: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]
 
     for k in MEMBER_KEYS:
         if options and options.get(k):
-            return [parse_member(m) for m in options[k]]
+            members = options[k]
+            return [parse_member(m) for m in ([members] if isinstance(members, str) else members)]  # as factories read it
     return []
 
 

@@ -147,13 +147,25 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _require_known(name: str, options: dict[str, Any]) -> None:
+    """``KeyError`` listing the known predictors if ``name`` or a member named in its options (recursively) is not
+    registered: an unknown name is a bad request, reported as such before the approval check."""
+    from .approval import members_of
+
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown predictor {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    for member, member_options in members_of(options):
+        _require_known(member, member_options)
+
+
 def create_with_approval(name: str, ctx: PredictorContext, options: dict[str, Any] | None = None, *,
                          allow_unapproved: bool = False) -> tuple[Predictor, dict[str, Any]]:
     """Check approval (``predictors.approval.require_approved``), then instantiate: ``(predictor, approval metadata)``.
 
-    Unknown names raise ``KeyError`` listing the known ones (before any check). An unapproved system raises
-    ``ApprovalError`` (a ``ValueError``) before its factory runs, unless ``allow_unapproved``: then it runs exploratory
-    and the metadata says so (``approved`` false, ``exploratory`` true); merge it into every result's predictor entry.
+    Unknown names, the system's or a member's, raise ``KeyError`` listing the known ones (before any check). An
+    unapproved system raises ``ApprovalError`` (a ``ValueError``) before its factory runs, unless
+    ``allow_unapproved``: then it runs exploratory and the metadata says so (``approved`` false, ``exploratory``
+    true); merge it into every result's predictor entry.
 
     What a predictor builds inside its factory (a composite's or mixture's members) is covered by the outer check
     when the outer system was approved by a record (its identity includes its members') or runs exploratory; under a
@@ -163,9 +175,8 @@ def create_with_approval(name: str, ctx: PredictorContext, options: dict[str, An
     from .approval import require_approved
 
     _load_all()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown predictor {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     options = dict(options or {})
+    _require_known(name, options)
     outer = _BUILDING.get()
     if outer is not None and outer["meta"]["level"] != 0:
         meta = {**outer["meta"], "member_of": outer["name"]}

@@ -337,3 +337,14 @@ def test_concurrent_approvals_all_land(tmp_path):
     assert sorted(keys) == sorted(f"{t}-{i}" for t in "ab" for i in range(40))
     assert [k for k in keys if k.startswith("a")] == [f"a-{i}" for i in range(40)]  # each writer's order kept
     assert not list(tmp_path.glob("*.tmp")) and (tmp_path / "approvals.json.lock").exists()
+
+
+def test_unknown_members_are_a_bad_request_not_an_approval_question(registry, tiny_suite):
+    from predictors import PredictorContext, create
+
+    ctx = PredictorContext.from_suite(tiny_suite)
+    for name in ("composite", "mixture"):
+        with pytest.raises(KeyError, match="unknown predictor 'no-such-member'; available: .*unigram"):
+            create(name, ctx, members=["unigram", "no-such-member"])
+    m = create("mixture", ctx, members="unigram", cache=False)  # one member given as a string: level 0, as it reads
+    assert m.approval_meta["level"] == 0 and approval_status("mixture", {"members": "unigram"})[0]
