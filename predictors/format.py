@@ -20,11 +20,10 @@ Validation turns every prediction into a full, strictly positive float64 vector,
 - a full vector's zero entries are treated as unnamed tokens and share ``min_rest`` by the rest rule.
 Errors name the line, the prompt id and the field; a bad line never discards good ones (see ``validate_file``).
 
-Files are read line by line as bytes: each line is decoded as strict UTF-8 (a line that is not is rejected by number;
-a line may contain U+FFFD itself), a UTF-8 byte-order mark is accepted at the start of the file only, and a JSON
-object naming a key twice is rejected naming the key (``tasks.io.loads_json``). ``validate_file`` streams: it keeps
-only the accepted rows (in one buffer), never the parsed lines. Near-match suggestions for unknown names cost ~0.1 s
-each on a 49k vocabulary, so a file gets them for its first ``HINT_LIMIT`` distinct unknown names only.
+Files are read line by line as bytes: each line is strict UTF-8 (it may contain U+FFFD; bad bytes reject their line
+only), a byte-order mark is accepted at the start of the file only, an object naming a key twice is rejected naming
+the key (``tasks.io.loads_json``). ``validate_file`` streams, keeping only accepted rows; near-match suggestions
+(~0.1 s each) go to a file's first ``HINT_LIMIT`` distinct unknown names only.
 """
 
 from __future__ import annotations
@@ -198,19 +197,15 @@ class ValidatedPredictions:
 
 
 class Hints:
-    """Words the refusal of names that are no single token, with bounded work and size per file.
-
-    Near-match suggestions (a difflib search, ~0.1 s on a 49k vocabulary) are made for the first ``limit`` distinct
-    unknown names only; later ones get a plain message. An ambiguous name gets its full explanation (every id, and how
-    to name each) the first time; a name explained before gets a short message pointing at the line that explains it.
-    Remembered names are at most ``limit`` plus the vocabulary's ambiguous names, so memory stays bounded too.
-    """
+    """Words the refusal of names that are no single token, with bounded work and size per file: near-match searches
+    (difflib, ~0.1 s each) for the first ``limit`` distinct unknown names only; each ambiguous name listed in full once;
+    a name explained before gets a short message naming the line that explains it. Remembers at most ``limit`` names
+    plus the vocabulary's ambiguous ones."""
 
     def __init__(self, vocab: Vocabulary, limit: int = HINT_LIMIT) -> None:
         self.vocab, self.limit = vocab, limit
         self.line: int | None = None  # the line being validated, set by the caller
-        self.searched = 0
-        self._first: dict[str, int | None] = {}  # name -> line of its full explanation
+        self.searched, self._first = 0, {}  # near-match searches made; name -> line of its full explanation
 
     def __call__(self, name: str) -> str:
         """The refusal of ``name`` (see the class)."""
@@ -221,7 +216,7 @@ class Hints:
             where = f"line {at}" if at is not None else "its first refusal"
             if len(ids) > 1:
                 return f"{name!r} is ambiguous: it names {len(ids)} tokens (ids and how to name each at {where})"
-            return f"{self.vocab.explain_unknown(name, suggest=False)} (nearest entries at {where})"
+            return f"{self.vocab.explain_unknown(name, suggest=False)} (as at {where})"
         if len(ids) > 1:  # few per vocabulary (57 in SmolLM2's): each is explained in full once
             self._first[key] = self.line
             return self.vocab.explain_ambiguous(name, ids)
@@ -356,9 +351,7 @@ def validate(preds: Iterable[tuple[int | None, Prediction]], prompt_ids: Sequenc
 def validate_file(path: Path, prompt_ids: Sequence[str], vocab: Vocabulary,
                   background: np.ndarray | None = None) -> ValidatedPredictions:
     """Read and validate a predictions file as a stream (bad lines reported in line order, good ones kept).
-
-    Memory: the accepted rows (one float64 vector per accepted prompt, at most 1.25x while growing) plus one line.
-    """
+    Memory: the accepted rows (one float64 vector per accepted prompt, at most 1.25x while growing) plus one line."""
     check = _Validator(prompt_ids, vocab, background, [])
     for n, item in iter_jsonl(path):
         if isinstance(item, str):
@@ -369,30 +362,30 @@ def validate_file(path: Path, prompt_ids: Sequence[str], vocab: Vocabulary,
 
 
 def readable(pred: Prediction, vocab: Vocabulary) -> Prediction:
-    """``pred`` with every candidate string that would not read back as the token it means written as that token's id.
+    """``pred`` with each candidate in the form that reads back as the token it means and is easiest to read.
 
-    The token a string means is ``vocab.intended``: the one it names or, when it is ambiguous, the one whose decoded
-    text it is. A string that names no token, or is the decoded text of several, means no id: it is kept as written
-    (its line is rejected on reading, as it would be anyway).
+    An id (or a string meaning it, see ``vocab.intended``) is written as the token's decoded text when that text names
+    it alone, else as the integer id. A string that means no id (names no token, or is the text of several) is kept
+    as written: its line is rejected on reading, as it would be anyway.
     """
     if pred.probs is not None:
         return pred
     pairs = list(pred.top.items()) if isinstance(pred.top, Mapping) else list(pred.top)
-    out, changed = [], False
+    out = []
     for cand, p in pairs:
-        if isinstance(cand, str) and vocab.lookup(cand) is None:
-            tid = vocab.intended(cand)
-            if tid is not None:
-                cand, changed = tid, True
+        tid = vocab.intended(cand) if isinstance(cand, str) else cand
+        if isinstance(tid, (int, np.integer)) and not isinstance(tid, bool) and 0 <= tid < len(vocab):
+            tid = int(tid)
+            cand = vocab.text[tid] if vocab.lookup(vocab.text[tid]) == tid else tid
         out.append((cand, p))
-    return Prediction(pred.prompt_id, out, pred.rest) if changed else pred
+    return pred if out == pairs else Prediction(pred.prompt_id, out, pred.rest)
 
 
 def write_jsonl(path: Path, preds: Iterable[Prediction], vocab: Vocabulary | None = None) -> int:
     """Write predictions as JSONL (atomically: the old file or the whole new one); returns how many were written.
 
-    With ``vocab``, candidates are written so that reading the file back gives the same ids (see ``readable``):
-    a string that does not name its token alone is written as the integer id, in the list form ``[[id, p], ...]``.
+    With ``vocab``, candidates are written so that reading the file back gives the same ids (see ``readable``): as
+    decoded text where it names the token alone, else as the integer id (then ``top`` is the list form ``[[id, p]]``).
     """
     n = 0
 

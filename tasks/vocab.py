@@ -33,6 +33,8 @@ LOOKUP_RULE = "names are matched exactly, then in Unicode NFC form"
 
 @dataclass
 class Vocabulary:
+    """Token ids with their raw forms and decoded texts, and the lookup of names (see the module docstring)."""
+
     raw: list[str]  # tokenizer's own form of each id (e.g. "ĠParis")
     text: list[str]  # what each id decodes to on its own (e.g. " Paris")
     _unique: dict[str, int] = field(init=False, repr=False, compare=False)
@@ -118,8 +120,8 @@ class Vocabulary:
         ids = ids or self.ids_named(name)
         how = []
         for i in ids:
-            raw = self.raw[i]
-            how.append(f"{i} (raw {raw!r})" if self.lookup(raw) == i else str(i))
+            forms = [f"{'text' if f == self.text[i] else 'raw'} {f!r}" for f in self.unique_forms(i)[:-1]]
+            how.append(f"{i} ({', '.join(forms)})" if forms else str(i))
         key = self.canonical(name)
         as_text = [i for i in ids if self.text[i] == key]
         as_raw = [i for i in ids if self.raw[i] == key]
@@ -128,7 +130,7 @@ class Vocabulary:
         parts += [f"the raw form of token {as_raw[0]}"] if as_raw else []
         what = " and ".join(parts) + ("" if key == name else " (in NFC form)")
         return (f"{name!r} is ambiguous: it names {len(ids)} tokens ({what}); name the one you mean by integer id "
-                f"(list form [[id, p]]) or by its raw form where shown (that form names it alone): {', '.join(how)}")
+                f"(list form [[id, p]]) or by a form shown beside it (that form names it alone): {'; '.join(how)}")
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, size: int) -> Vocabulary:

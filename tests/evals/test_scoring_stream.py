@@ -90,10 +90,10 @@ def test_a_file_of_unknown_names_does_at_most_hint_limit_near_match_searches(tin
     assert all("nearest vocabulary entries" in e for e in out.errors[:20])
     assert all(e.endswith("(nearest entries are suggested for the first 20 unknown names of a file only)")
                for e in out.errors[20:900])
-    assert all(e.endswith("(nearest entries at line 1)") for e in out.errors[900:950])
+    assert all(e.endswith("(as at line 1)") for e in out.errors[900:950])
     full, short = out.errors[950], out.errors[951:]
     assert "it names 265 tokens (the decoded text of 265 tokens)" in full and len(full.split("names it alone): ")[1]
-                                                                                  .split(", ")) == 265
+                                                                                  .split("; ")) == 265
     assert all(e.endswith("'\ufffd' is ambiguous: it names 265 tokens (ids and how to name each at line 951)")
                for e in short)
     assert max(map(len, out.errors[:950])) < 300 and max(map(len, short)) < 300  # one full list per name and file

@@ -217,6 +217,13 @@ def test_every_token_named_by_text_reads_back_as_itself(tmp_path, real_vocab):
     for row, p in zip(out.probs, expected, strict=True):
         ids = np.fromiter(p, dtype=np.int64)
         np.testing.assert_array_equal(row[ids], np.fromiter(p.values(), dtype=np.float64))
+    by_id = tmp_path / "ids.jsonl"  # ids are written as text where the text names the token alone
+    write_jsonl(by_id, [Prediction("p", [[7042, 0.5], [112, 0.125], [26387, 0.25]])], vocab=real_vocab)
+    assert json.loads(by_id.read_text(encoding="utf-8"))["top"] == [[" Paris", 0.5], [112, 0.125], [26387, 0.25]]
+    write_jsonl(by_id, [Prediction("p", [[7042, 0.5], ["Â¢", 0.25]])], vocab=real_vocab)
+    assert json.loads(by_id.read_text(encoding="utf-8"))["top"] == [[" Paris", 0.5], [26387, 0.25]]  # its text '¢'
+    write_jsonl(by_id, [Prediction("p", {" Paris": 0.5, " the": 0.25})], vocab=real_vocab)  # nothing to change
+    assert json.loads(by_id.read_text(encoding="utf-8"))["top"] == {" Paris": 0.5, " the": 0.25}
     naive = tmp_path / "naive.jsonl"  # without the vocabulary, the 54 names are written as given and refused
     write_jsonl(naive, preds)
     errors = validate_file(naive, pids, real_vocab).errors

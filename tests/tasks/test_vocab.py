@@ -39,7 +39,7 @@ def test_collisions_on_the_real_vocabulary_are_refused_with_every_id(vocab):
     msg = vocab.explain_unknown("¢")
     assert msg.startswith("'¢' is ambiguous: it names 2 tokens (the decoded text of token 26387 and the raw form of "
                           "token 112)")
-    assert msg.endswith(": 112, 26387 (raw 'Â¢')")  # 112's raw form is the ambiguous name itself: only its id
+    assert msg.endswith(": 112; 26387 (raw 'Â¢')")  # 112's raw form is the ambiguous name itself: only its id
     assert vocab.lookup("Â¢") == 26387
 
 
@@ -47,7 +47,7 @@ def test_advice_for_u_fffd_names_only_forms_that_resolve_to_that_token(vocab):
     ids = vocab.ids_named("\ufffd")
     assert len(ids) == 265 and vocab.lookup("\ufffd") is None
     msg = vocab.explain_unknown("\ufffd")
-    advice = msg.split("names it alone): ")[1].split(", ")
+    advice = msg.split("names it alone): ")[1].split("; ")
     assert [int(a.split()[0]) for a in advice] == list(ids)  # every id named
     offered = {int(a.split()[0]): re.fullmatch(r"\d+ \(raw '(.*)'\)", a) for a in advice}
     raw_offered = {i: m.group(1) for i, m in offered.items() if m}
