@@ -58,7 +58,14 @@ def load_file(path: Path, suite: Suite, split: str) -> ValidatedPredictions:
 
 def score(suite: Suite, split: str, preds: ValidatedPredictions, *, predictor: dict[str, Any], strict: bool = False,
           seed: int = 0, source: Path | None = None, write: bool = True, results_root: Path | None = None) -> Score:
-    """Score validated predictions of ``split``; write ``results/<run-id>/`` unless ``write=False``."""
+    """Score validated predictions of ``split``; write ``results/<run-id>/`` unless ``write=False``.
+
+    ``predictor`` is the metadata recorded with the result (``name``, ``options``, ``label``, approval fields). The
+    approval marking follows the one rule (``predictors.approval``): for a registered predictor it is derived here,
+    whatever the caller claims, so a Python caller scoring an unapproved helper's predictions gets them marked
+    unapproved; other names (files, humans, a gate's team) keep their metadata, or are level-0 files without it.
+    """
+    predictor = with_approval(predictor)
     if strict and (preds.errors or preds.missing):
         raise ScoringError(f"strict mode: {len(preds.errors)} rejected line(s), {len(preds.missing)} prompt(s) "
                            "without a prediction; nothing scored")
@@ -105,6 +112,19 @@ def score(suite: Suite, split: str, preds: ValidatedPredictions, *, predictor: d
                                                    digest=digest), "predictions_sha256": digest}
     run_dir = records.write_run(summary, per_prompt, root=results_root) if write else None
     return Score(per_prompt, summary, preds.errors, run_dir)
+
+
+def with_approval(predictor: dict[str, Any]) -> dict[str, Any]:
+    """``predictor`` metadata with the approval fields of the one rule (see ``score``)."""
+    from predictors import available
+    from predictors.approval import file_approval, require_approved
+
+    name, options = predictor["name"], predictor.get("options") or {}
+    if name in available():
+        return {**predictor, **require_approved(name, options, allow_unapproved=True)}
+    if "approved" in predictor:
+        return predictor
+    return {**predictor, **file_approval(None)}
 
 
 def predict_split(suite: Suite, split: str, predictor: Predictor, *, batch_size: int = 64,

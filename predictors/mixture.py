@@ -179,12 +179,10 @@ class MixturePredictor:
         return [Prediction(p.id, probs=q[i]) for i, p in enumerate(prompts)]
 
     def identity(self) -> dict[str, Any]:
-        from .approval import is_level0
 
         names = [*(s if isinstance(s, str) else s["name"] for s in self.specs),
                  *(component_names() if self.cache else [])]
         return {"kind": "fitted-mixture", "members": self.specs, "cache": self.cache,
-                "approved": is_level0("mixture", {"members": self.specs}),
                 "weights": {n: round(float(w), 6) for n, w in zip(names, self.fit.weights, strict=True)},
                 "temperature": round(self.fit.temperature, 6), "practice_kl": round(self.fit.kl, 6),
                 "member_practice_kl": {n: round(x, 6) if np.isfinite(x) else None  # None: sparse alone, KL infinite

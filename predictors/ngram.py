@@ -177,7 +177,7 @@ class NGramPredictor:
 
     def identity(self) -> dict[str, Any]:
         m = self.manifest
-        return {"kind": "modified-kneser-ney", "order": self.model.order, "approved": True,
+        return {"kind": "modified-kneser-ney", "order": self.model.order,
                 "corpora": m["corpora"], "index": m["index"], "discounts": m["discounts"]}
 
 

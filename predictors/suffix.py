@@ -152,7 +152,7 @@ class SuffixPredictor:
     def identity(self) -> dict[str, Any]:
         return {"kind": "longest-suffix-match+kneser-ney", "order": self.ngram.order, "beta": self.beta,
                 "min_count": self.min_count, "prompt": self.prompt, "prompt_step": self.prompt_step,
-                "prompt_cap": self.prompt_cap, "approved": True, "corpora": self.manifests["suffix"]["corpora"],
+                "prompt_cap": self.prompt_cap, "corpora": self.manifests["suffix"]["corpora"],
                 "index": [m["index"] for m in self.manifests.values()]}
 
 

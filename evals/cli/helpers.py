@@ -176,21 +176,3 @@ def register(app: typer.Typer) -> None:
     app.command("approve")(approve)
     app.command("approvals")(approvals)
     app.command("revoke")(revoke)
-
-
-def approval_meta(name: str, options: dict[str, Any], allow_unapproved: bool) -> dict[str, Any]:
-    """The gate check of ``predict``/``run``: refuse an unapproved system unless ``--allow-unapproved`` was given."""
-    from predictors import available
-    from predictors.approval import ApprovalError, require_approved
-    from predictors.crosstok import MappingError
-    from predictors.model import HelperError
-
-    if name not in available():
-        return {}  # `create` names the unknown predictor and lists the known ones
-    try:
-        meta = require_approved(name, options, allow_unapproved=allow_unapproved)
-    except (ApprovalError, HelperError, MappingError) as e:
-        fail(str(e))
-    if not meta["approved"]:
-        console.print(f"[yellow]exploratory run:[/] {meta['approval']}; every result is marked unapproved")
-    return meta

@@ -26,16 +26,19 @@ AllowOpt = Annotated[bool, typer.Option(help="Exploratory: let an unapproved hel
 
 
 def build_predictor(name: str, ctx: Any, options: dict[str, Any], allow_unapproved: bool) -> tuple[Any, dict]:
-    """The approval check, then the predictor: ``(predictor, approval metadata for every result)``; exit 2 if refused."""
-    from predictors import create
+    """The one approval check (``predictors.create_with_approval``), then the predictor: ``(predictor, approval
+    metadata every result carries)``; exit 2 naming the approval command and the opt-in when refused."""
+    from predictors import create_with_approval
 
-    from .helpers import approval_meta
-
-    approval = approval_meta(name, options, allow_unapproved)
     try:
-        return create(name, ctx, **options), approval
-    except (KeyError, TypeError, ValueError) as e:
-        fail(str(e.args[0] if isinstance(e, KeyError) else e))
+        p, approval = create_with_approval(name, ctx, options, allow_unapproved=allow_unapproved)
+    except KeyError as e:
+        fail(str(e.args[0]))
+    except (TypeError, ValueError) as e:  # ApprovalError, HelperError, MappingError, bad options
+        fail(str(e))
+    if not approval["approved"]:
+        console.print(f"[yellow]exploratory run:[/] {approval['approval']}; every result is marked unapproved")
+    return p, approval
 
 
 def predict(

@@ -14,13 +14,13 @@ KEYS = ("kl_nats", "kl_bits", "reverse_kl_nats", "js_bits", "tv", "brier", "top1
         "ce_realized_nats", "target_ce_realized_nats", "target_entropy_nats")
 
 
-def read_meta(file: Path) -> dict:
-    """``FILE.meta.json`` as written by ``logitpred predict`` (strict JSON), or ``{"name": stem}`` without one."""
+def read_meta(file: Path) -> dict | None:
+    """``FILE.meta.json`` as written by ``logitpred predict`` (strict JSON), or None without one."""
     from tasks.io import read_json
 
     meta_path = Path(str(file) + ".meta.json")
     if not meta_path.is_file():
-        return {"name": file.stem}
+        return None
     try:
         meta = read_json(meta_path)
     except (ValueError, UnicodeDecodeError) as e:  # malformed JSON, a duplicate key, not UTF-8
@@ -38,8 +38,11 @@ def score(
     name: Annotated[str | None, typer.Option(help="Predictor label in results (default: from FILE.meta.json).")] = None,
     strict: Annotated[bool, typer.Option(help="Fail on any rejected line or missing prompt.")] = False,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    allow_unapproved: Annotated[bool, typer.Option(help="Exploratory: score a file whose predictor is not approved "
+                                                        "(now); the result is marked unapproved.")] = False,
 ) -> None:
     """Validate and score a predictions file; writes results/<run-id>/ (per-prompt CSV, summary JSON)."""
+    from predictors.approval import ApprovalError, file_approval
     from tasks import SuiteError
 
     from ..holdout import HoldoutError
@@ -47,7 +50,14 @@ def score(
     from ..scoring import score as do_score
 
     s = load_suite(suite)
-    meta = read_meta(file)
+    found = read_meta(file)
+    meta = dict(found or {"name": file.stem})
+    try:  # the one approval rule, before anything reaches the sealed ledger
+        meta.update(file_approval(found, allow_unapproved=allow_unapproved))
+    except ApprovalError as e:
+        fail(str(e))
+    if not meta["approved"]:
+        console.print(f"[yellow]exploratory:[/] {meta['approval']}; the result is marked unapproved")
     if name:
         meta["label"] = name
     try:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from evals.approve import approve
 from evals.cli import app
-from predictors import register, view
+from predictors import PredictorContext, create, register, view
 from predictors.approval import (
     ApprovalError,
     approval_status,
@@ -348,3 +348,17 @@ def test_unknown_members_are_a_bad_request_not_an_approval_question(registry, ti
             create(name, ctx, members=["unigram", "no-such-member"])
     m = create("mixture", ctx, members="unigram", cache=False)  # one member given as a string: level 0, as it reads
     assert m.approval_meta["level"] == 0 and approval_status("mixture", {"members": "unigram"})[0]
+
+
+def test_python_scoring_marks_an_unapproved_helper_whatever_the_caller_claims(registry, tiny_suite, tiny_helper):
+    """evals.scoring.score from Python applies the same rule: a helper's predictions are marked by its approval."""
+    from evals.scoring import predict_validated, score
+
+    helper = create("tiny-helper", PredictorContext.from_suite(tiny_suite), allow_unapproved=True)
+    checked = predict_validated(tiny_suite, "practice", helper)
+    claimed = {"name": "tiny-helper", "options": {}, "approved": True}  # a false claim
+    result = score(tiny_suite, "practice", checked, predictor=claimed, write=False)
+    assert result.summary["predictor"]["approved"] is False
+    assert "has no valid approval record" in result.summary["predictor"]["approval"]
+    plain = score(tiny_suite, "practice", checked, predictor={"name": "unigram"}, write=False)
+    assert plain.summary["predictor"]["approved"] is True and plain.summary["predictor"]["level"] == 0

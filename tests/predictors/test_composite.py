@@ -66,7 +66,7 @@ def test_parse_member_forms():
 @pytest.mark.parametrize("kind", ["mixture", "product"])
 def test_fitted_composite_beats_its_members_on_practice(tiny_suite, tiny_helper, kind):
     ctx = PredictorContext.from_suite(tiny_suite)
-    comp = create("composite", ctx, members=MEMBERS, kind=kind)
+    comp = create("composite", ctx, allow_unapproved=True, members=MEMBERS, kind=kind)
     assert comp.practice_kl <= min(comp.member_kl) + 1e-6
     prompts = [view(p) for p in tiny_suite.prompts("practice")]
     q = np.stack([densify(x, ctx.vocabulary, ctx.background) for x in comp.predict(prompts)])
@@ -96,9 +96,9 @@ def test_composite_of_approved_members_is_refused_until_approved_itself(registry
 def test_composite_bad_options(tiny_suite):
     ctx = PredictorContext.from_suite(tiny_suite)
     with pytest.raises(ValueError, match="at least two members"):
-        create("composite", ctx, members=["unigram"])
+        create("composite", ctx, allow_unapproved=True, members=["unigram"])
     with pytest.raises(ValueError, match="kind"):
-        create("composite", ctx, members=["unigram", "uniform"], kind="sum")
+        create("composite", ctx, allow_unapproved=True, members=["unigram", "uniform"], kind="sum")
     with pytest.raises(KeyError, match="unknown predictor"):
         create("composite", ctx, members=["unigram", "no-such-predictor"])
 

@@ -126,7 +126,7 @@ def test_mixture_fits_on_practice_truth_only(tiny_suite, tmp_path: Path) -> None
     ref = fit_mixture(rows, logp, available=available)
     np.testing.assert_allclose(p.fit.weights, ref.weights, atol=1e-9)
     ident = p.identity()
-    assert ident["approved"] is True and ident["fitted_on"] == len(practice)
+    assert ident["fitted_on"] == len(practice) and p.approval_meta["approved"] is True  # level 0, by the one rule
     assert set(ident["weights"]) == {"ngram", "unigram", "cache-unigram", "copy-1", "copy-2", "copy-3", "copy-4"}
     q = np.stack([x.probs for x in preds])
     assert np.all(q > 0)

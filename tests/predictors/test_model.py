@@ -25,7 +25,7 @@ def prompts(tiny_suite):
 def test_predictions_are_the_helpers_softmax_smoothed_by_the_rest_rule(ctx, prompts, tiny_helper):
     import torch
 
-    p = create("tiny-helper", ctx, cache=False, smoothing=1e-3)
+    p = create("tiny-helper", ctx, allow_unapproved=True, cache=False, smoothing=1e-3)
     assert p.same_tokenizer and p.max_context == 32  # trained on 32-token windows: prompts are cut to that
     q = p.distributions(prompts)
     model = load_helper(tiny_helper).model
@@ -49,7 +49,7 @@ def test_batched_equals_one_at_a_time(prompts, tiny_helper):
 
 
 def test_cache_is_per_suite_and_identity_and_reused(ctx, prompts, tiny_helper, data_home):
-    p = create("tiny-helper", ctx)
+    p = create("tiny-helper", ctx, allow_unapproved=True)
     for f in p._cache_dir().glob("*.npy"):  # other tests of the session may have cached these prompts already
         f.unlink()
     first = p.distributions(prompts[:4])
@@ -57,23 +57,23 @@ def test_cache_is_per_suite_and_identity_and_reused(ctx, prompts, tiny_helper, d
     assert len(files) == 4 and ctx.suite in str(p._cache_dir()) and p.helper_identity["id"] in str(p._cache_dir())
     f0 = p._cache_dir() / p._cache_name(prompts[0])
     np.save(f0, np.load(f0) * 0 + 1.0)  # tamper: the cached file is what is read back
-    again = create("tiny-helper", ctx).distributions(prompts[:4])
+    again = create("tiny-helper", ctx, allow_unapproved=True).distributions(prompts[:4])
     assert np.allclose(again[1:], first[1:], atol=1e-6)
     assert np.allclose(again[0], 1.0 / ctx.vocab_size)
     f0.unlink()
-    assert np.allclose(create("tiny-helper", ctx).distributions(prompts[:1]), first[:1], atol=1e-6)
+    assert np.allclose(create("tiny-helper", ctx, allow_unapproved=True).distributions(prompts[:1]), first[:1], atol=1e-6)
 
 
 def test_the_target_itself_is_refused(ctx):
     from tasks.target import default_target_path
 
     with pytest.raises(HelperError, match="same weights as the suite's target"):
-        create("model", ctx, path=str(default_target_path()))
+        create("model", ctx, allow_unapproved=True, path=str(default_target_path()))
     from tasks.target import _materialize
 
     folder, _ = _materialize(default_target_path())  # the float32 copy in the model cache is the target too
     with pytest.raises(HelperError, match="same weights as the suite's target"):
-        create("model", ctx, path=str(folder))
+        create("model", ctx, allow_unapproved=True, path=str(folder))
 
 
 def test_a_helper_with_another_tokenizer_is_mapped(ctx, prompts, tmp_path):
@@ -95,7 +95,7 @@ def test_a_helper_with_another_tokenizer_is_mapped(ctx, prompts, tmp_path):
                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
     model.save_pretrained(tmp_path / "rand")
     hf.save_pretrained(tmp_path / "rand")
-    p = create("model", ctx, path=str(tmp_path / "rand"), cache=False)
+    p = create("model", ctx, allow_unapproved=True, path=str(tmp_path / "rand"), cache=False)
     assert not p.same_tokenizer
     q = p.distributions(prompts[:3])
     assert q.shape == (3, ctx.vocab_size) and np.allclose(q.sum(axis=1), 1.0) and (q > 0).all()
@@ -115,9 +115,9 @@ def test_a_helper_with_another_tokenizer_is_mapped(ctx, prompts, tmp_path):
 def test_bad_helper_paths_give_clear_errors(ctx, tmp_path, make, match):
     path = make(tmp_path)
     with pytest.raises(HelperError, match=match):
-        create("model", ctx, path=str(path))
+        create("model", ctx, allow_unapproved=True, path=str(path))
 
 
 def test_missing_path_option(ctx):
     with pytest.raises(HelperError, match="path="):
-        create("model", ctx)
+        create("model", ctx, allow_unapproved=True)

@@ -17,9 +17,14 @@ class EchoLast:
 
 
 def test_custom_predictor_registers_and_scores(tiny_suite):
+    from predictors.approval import ApprovalError, declare_level0
+
     register("echo-last")(lambda ctx, **o: EchoLast())
     assert {"echo-last", "uniform", "unigram"} <= set(available())
     ctx = PredictorContext.from_suite(tiny_suite)
+    with pytest.raises(ApprovalError, match="'echo-last'"):  # not declared level 0 nor approved: refused
+        create("echo-last", ctx)
+    declare_level0("echo-last")  # it runs no model (README, "Adding a predictor")
     preds = predict_split(tiny_suite, "practice", create("echo-last", ctx))
     checked = validate([(None, p) for p in preds], [p.id for p in tiny_suite.prompts("practice")],
                        tiny_suite.vocabulary, tiny_suite.background)
