@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.io import atomic_write_text, read_json
+from tasks.io import atomic_write_text, read_json, read_text
 from tasks.paths import results_dir
 
 from . import holdout
@@ -130,7 +130,7 @@ def render(run_id: str, root: Path | None = None) -> tuple[str, dict[str, Path]]
         atomic_write_text(folder / "report.md", md)
         return md, {"md": folder / "report.md"}
     paths = render_run(folder)
-    return paths["md"].read_text(), paths
+    return read_text(paths["md"]), paths
 
 
 def _num(v: float) -> str:

@@ -21,13 +21,17 @@ from .format import (
     PredictionError,
     ValidatedPredictions,
     densify,
+    iter_jsonl,
+    json_line,
     read_jsonl,
+    readable,
     validate,
+    validate_file,
     write_jsonl,
 )
 
 __all__ = [
     "ApprovalError", "Prediction", "PredictionError", "Predictor", "PredictorContext", "PromptView",
-    "ValidatedPredictions", "available", "create", "create_with_approval", "densify", "read_jsonl", "register",
-    "require_approved", "validate", "view", "write_jsonl",
+    "ValidatedPredictions", "available", "create", "create_with_approval", "densify", "iter_jsonl", "json_line",
+    "read_jsonl", "readable", "register", "require_approved", "validate", "validate_file", "view", "write_jsonl",
 ]

@@ -110,8 +110,11 @@ def token_bytes(tokenizer: Any, size: int) -> list[bytes | None]:
             else:
                 out.append(r.replace("▁", " ").encode())
         else:
+            # no byte table for this kind: a token is whole text when its decoded text encodes back to it (a piece
+            # of a multi-byte character decodes to U+FFFD, which does not); not "contains U+FFFD", which real text may
             text = tokenizer.decode([i], clean_up_tokenization_spaces=False)
-            out.append(None if "\ufffd" in text else text.encode())
+            whole = "\ufffd" not in text or tokenizer.encode(text, add_special_tokens=False) == [i]
+            out.append(text.encode() if whole else None)
     out += [None] * (size - len(out))
     return [b if b else None for b in out]
 

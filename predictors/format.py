@@ -392,9 +392,14 @@ def write_jsonl(path: Path, preds: Iterable[Prediction], vocab: Vocabulary | Non
     def write(f: IO[bytes]) -> None:
         nonlocal n
         for p in preds:
-            p = readable(p, vocab) if vocab is not None else p
-            f.write((json.dumps(p.to_json(), ensure_ascii=False) + "\n").encode("utf-8"))
+            f.write(json_line(p, vocab).encode("utf-8"))
             n += 1
 
     atomic_write(Path(path), write)
     return n
+
+
+def json_line(pred: Prediction, vocab: Vocabulary | None = None) -> str:
+    """One line of a predictions file (with its newline), as ``write_jsonl`` writes it (``readable`` with ``vocab``)."""
+    p = readable(pred, vocab) if vocab is not None else pred
+    return json.dumps(p.to_json(), ensure_ascii=False) + "\n"

@@ -19,6 +19,8 @@ def gate(
     = Path("gate.yaml"),
 ) -> None:
     """Run the pre-deployment gate: suites x approved team, thresholds on CI bounds; exit 0 pass, 1 fail, 2 config."""
+    from tasks.io import read_text
+
     from ..gate import GateConfigError, load_config, run_gate
     from ..scoring import ScoringError
 
@@ -30,7 +32,7 @@ def gate(
         fail(f"gate config: {e}", code=2)
     except ScoringError as e:
         fail(f"gate could not score the team: {e}", code=1)
-    typer.echo(Path(report["report_dir"], "report.md").read_text())  # plain: rich would re-wrap the tables
+    typer.echo(read_text(Path(report["report_dir"], "report.md")))  # plain: rich would re-wrap the tables
     typer.echo(f"report: {report['report_dir']}/report.md (and report.json)")
     raise typer.Exit(0 if report["verdict"] == "PASS" else 1)
 

@@ -26,7 +26,6 @@ absent and the login form token (a ``SameSite=Strict`` double-submit cookie) dec
 """
 
 import hmac
-import json
 import secrets
 from collections import Counter
 from datetime import UTC, datetime
@@ -43,6 +42,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from predictors.format import json_line
 from tasks.io import DuplicateKeyError, loads_json
 from tasks.suite import SPLITS, Suite
 
@@ -400,7 +400,7 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
             raise HTTPException(404, f"no participant {participant!r}")
         preds = (team_predictions(db, game, split) if participant == "team"
                  else participant_predictions(db, game, split, participant))
-        text = "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in preds)  # as write_jsonl writes
+        text = "".join(json_line(p, game.vocab) for p in preds)  # exactly as write_jsonl writes: it reads back
         name = f"human-{participant}-{split}.jsonl"
         return PlainTextResponse(text, media_type="application/x-ndjson",
                                  headers={"content-disposition": f'attachment; filename="{name}"'})
