@@ -724,3 +724,27 @@ def test_repeated_keys_fields_and_parameters_are_refused(app, tiny_suite):
     assert ok.status_code == 303 and b.get("/api/me").json()["name"] == "bob"
     assert c.post("/api/logout", content="{}", headers=json_h).status_code == 200
     assert c.get("/api/me").status_code == 401
+
+
+def test_admin_export_reads_back_to_the_same_tokens(app, tiny_suite, tmp_path):
+    """Token 112 (raw form '¢', a byte piece decoding to U+FFFD) has no unique name but its id; '¢' is token 26387's
+    text. The export names it by id, so it reads back as 112, not 26387."""
+    from predictors import iter_jsonl, validate
+
+    vocab = tiny_suite.vocabulary
+    assert vocab.raw[112] == "¢" and vocab.text[26387] == "¢" and vocab.lookup("¢") is None  # ambiguous names
+    assert vocab.lookup(vocab.text[112]) is None
+    c, h = participant(app, "alice")
+    pid = tiny_suite.prompts("practice")[0].id
+    body = {"prompt_id": pid, "candidates": [{"text": vocab.text[112], "token_id": 112, "p": 0.5}]}
+    assert c.post("/api/answer", json=body, headers=h).status_code == 200
+    admin = TestClient(app)
+    login(admin, app.state.db.admin_link())
+    text = admin.get("/admin/export", params={"split": "practice", "participant": "alice"}).text
+    path = tmp_path / "alice.jsonl"
+    path.write_text(text, encoding="utf-8")
+    lines = list(iter_jsonl(path))
+    assert all(not isinstance(p, str) for _, p in lines), lines  # no line rejected
+    checked = validate(lines, [pid], vocab, tiny_suite.background)
+    assert checked.errors == [] and checked.prompt_ids == [pid]
+    assert checked.probs[0, 112] == pytest.approx(0.5)
