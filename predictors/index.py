@@ -25,7 +25,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from tasks.corpora import BUILTIN, CorpusError
-from tasks.io import crash_point, fsync_dir, fsync_tree
+from tasks.io import crash_point, fsync_dir, fsync_tree, replace_dir
 from tasks.paths import data_dir, sha256_file
 
 FORMAT = "logitpred-index/1"
@@ -164,8 +163,8 @@ def load_or_build(kind: str, params: dict[str, Any], text: TrainingText, build: 
 def _publish(folder: Path, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
     """Write the index to a fresh hidden folder (arrays, then the manifest naming their sha256), sync it, and rename
     it to ``folder`` in one step. A kill before the rename leaves no trace at ``folder``; a rebuild over an existing
-    index moves the old one aside first, so a kill between the two renames leaves no index there, which the next use
-    simply builds again (an index is a cache whose key fixes its content)."""
+    index swaps the folders with ``tasks.io.replace_dir`` (atomic on Linux; elsewhere a kill between its two renames
+    leaves no index, which the next use simply builds again: an index is a cache whose key fixes its content)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     for old in folder.parent.glob(f".{folder.name}.*.tmp"):  # left by killed builds of this key an hour ago or more
         if time.time() - old.stat().st_mtime > 3600:
@@ -181,10 +180,7 @@ def _publish(folder: Path, arrays: dict[str, np.ndarray], manifest: dict[str, An
         fsync_tree(tmp)
         crash_point("index:before-rename")
         if folder.exists():
-            aside = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.old.tmp"
-            os.rename(folder, aside)
-            os.rename(tmp, folder)
-            shutil.rmtree(aside, ignore_errors=True)
+            replace_dir(tmp, folder)  # a rebuild: one atomic exchange where the kernel allows it
         else:
             try:
                 os.rename(tmp, folder)

@@ -223,7 +223,7 @@ def fsync_tree(path: Path) -> None:
 def publish_link(link: Path, target: Path) -> None:
     """Point the symbolic link ``link`` at the folder ``target`` in one ``rename(2)``: readers see the old target or
     the new one, never none. The link is relative (the data dir can move). A real folder at ``link`` (a layout from
-    before links) is first renamed to a ``legacy-*`` folder beside ``target``: not atomic, done once."""
+    before links) is swapped for the link by ``replace_dir`` and then removed."""
     import uuid
 
     link, target = Path(link), Path(target)
@@ -231,6 +231,7 @@ def publish_link(link: Path, target: Path) -> None:
     tmp = target.parent / f".link-{uuid.uuid4().hex[:12]}"
     os.symlink(os.path.relpath(target, link.parent), tmp)
     if link.is_dir() and not link.is_symlink():
-        os.rename(link, target.parent / f"legacy-{uuid.uuid4().hex[:12]}")
+        replace_dir(tmp, link)
+        return
     os.replace(tmp, link)
     fsync_dir(link.parent)

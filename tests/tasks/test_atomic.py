@@ -195,3 +195,19 @@ def test_unreadable_token_cache_is_rebuilt(home, target):
     again = train_tokens(corpus, target.tokenizer, target.identity.tokenizer_sha256, heldout_fraction=0.5)
     assert np.array_equal(again.tokens, first.tokens) and again.doc_ids == first.doc_ids
     assert np.load(cache)["tokens"].size == first.tokens.size
+
+
+def test_a_suite_folder_of_the_old_layout_is_swapped_for_the_link(home, target):
+    import dataclasses
+
+    from tasks.suite import suite_dir
+
+    old = suite_dir("legacy")
+    old.mkdir(parents=True)
+    (old / "manifest.json").write_text(json.dumps({"format": "logitpred-suite/1", "config": {"name": "legacy"}}))
+    with pytest.raises(SuiteError, match="older suites could show one prompt's hidden continuation in another"):
+        load_suite("legacy")
+    cfg = dataclasses.replace(config(home / "wiki16.jsonl", 0), name="legacy")
+    suite = build_suite(cfg, target.tokenizer, target.identity, target.vocab_size)
+    assert old.is_symlink() and load_suite("legacy").version == suite.version and len(suite.prompts("sealed")) == 2
+    assert [p.name for p in (home / "suite-builds" / "legacy").iterdir()] == [old.resolve().name]
