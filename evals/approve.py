@@ -40,6 +40,7 @@ from predictors.approval import (
     require_approved,
     system_identity,
 )
+from tasks.io import atomic_write_text
 from tasks.paths import results_dir
 
 from . import records
@@ -232,7 +233,7 @@ def _write_report(o: Outcome, thresholds: dict[str, float], root: Path | None) -
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     path = out / f"{stamp}-{o.identity['key']}.json"
-    path.write_text(json.dumps({
+    atomic_write_text(path, json.dumps({
         "format": "logitpred-approval-report/1", "system": {"name": o.name, "options": o.options},
         "identity": o.identity, "approved": o.approved, "level": o.level, "thresholds": thresholds,
         "suites": [dataclasses.asdict(s) | {"passed": s.passed} for s in o.suites],

@@ -75,9 +75,15 @@ def _latest(runs: list[dict[str, Any]], suite: str, split: str) -> dict[str, dic
     return latest
 
 
-def _ladder(runs: list[dict[str, Any]], suite: str, label: str, commitment: str | None) -> float:
+def holdout_key(run: dict[str, Any]) -> str | None:
+    """What identifies a run's sealed holdout: the sealed prompts' hash (it survives a recomputation of truth, whose
+    last float bits may change the commitment); runs recorded before it existed fall back to the commitment."""
+    return run["suite"].get("sealed_prompts_sha256") or run["suite"].get("commitment")
+
+
+def _ladder(runs: list[dict[str, Any]], suite: str, label: str, key: str | None) -> float:
     history = [r["metrics"]["kl_nats"]["mean"][0] for r in runs if r["suite"]["name"] == suite and
-               r["split"] == "sealed" and _label(r) == label and r["suite"].get("commitment") == commitment]
+               r["split"] == "sealed" and _label(r) == label and holdout_key(r) == key]
     return holdout.ladder(history, holdout.step_for("kl_nats"))[-1] if history else np.nan
 
 
@@ -99,7 +105,7 @@ def leaderboard(suite: str, split: str = "sealed", *, root: Path | None = None, 
             "kl_p90": m["kl_nats"]["p90"][0], "top1": m["top1"]["mean"][0], "top1_ci_low": m["top1"]["mean"][1],
             "top1_ci_high": m["top1"]["mean"][2], "ce_realized": m["ce_realized_nats"]["mean"][0],
             "target_ce_realized": m["target_ce_realized_nats"]["mean"][0], "js_bits": m["js_bits"]["mean"][0],
-            "kl_ladder": _ladder(runs, suite, label, run["suite"].get("commitment")) if split == "sealed" else np.nan,
+            "kl_ladder": _ladder(runs, suite, label, holdout_key(run)) if split == "sealed" else np.nan,
             "approved": run["predictor"].get("approved", True), "run_id": run["run_id"],
         })
     df = pd.DataFrame(rows, columns=COLUMNS).sort_values(["kl_mean", "predictor"], kind="stable")

@@ -89,6 +89,7 @@ def score(suite: Suite, split: str, preds: ValidatedPredictions, *, predictor: d
         "created": datetime.now(UTC).isoformat(),
         "command": records.command_line(),
         "suite": {"name": suite.name, "version": suite.version, "commitment": suite.commitment,
+                  "sealed_prompts_sha256": suite.sealed_prompts_sha256,
                   "config": suite.manifest["config"]},
         "split": split,
         "target": suite.target,

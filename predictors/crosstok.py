@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.io import atomic_save_npy
 from tasks.paths import data_dir
 
 REST_RULES = ("unigram", "uniform")
@@ -149,10 +150,7 @@ class TokenMap:
                 f"{helper_size} tokens have a byte string that starts with a target token (need at least "
                 f"{MIN_MAPPED_FRACTION:.0%}); use a helper whose tokenizer decodes to text")
         if cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.stem + ".tmp.npy")
-            np.save(tmp, table)
-            tmp.replace(path)
+            atomic_save_npy(path, table)
         return tm
 
     def map_probs(self, p: np.ndarray, *, coverage: float = 1.0, rest: str = "unigram",

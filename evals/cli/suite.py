@@ -96,8 +96,10 @@ def suite_list() -> None:
 
 @suite_app.command("show")
 def suite_show(name: Annotated[str, typer.Argument(help="Suite name or folder.")]) -> None:
-    """Print a suite's manifest (config, sizes, target identity, commitment)."""
-    out.print_json(json.dumps(load_suite(name).manifest))
+    """Print a suite's manifest (config, sizes, target identity) with its sealed commitment and prompts hash."""
+    s = load_suite(name)
+    out.print_json(json.dumps({**s.manifest, "commitment": s.commitment,
+                               "sealed_prompts_sha256": s.sealed_prompts_sha256}))
 
 
 def truth(

@@ -144,7 +144,9 @@ def test_participant_session_in_a_real_browser(tiny_suite, tmp_path):
                          "--score", env=env)
         assert done.returncode == 0, done.stdout + done.stderr
     lines = [json.loads(x) for x in (tmp_path / "out" / "human-alice-sealed.jsonl").read_text().splitlines()]
-    assert len(lines) == 1 and lines[0]["prompt_id"] == sealed[0].id and lines[0]["top"][0][1] == 0.55
+    top = lines[0]["top"]  # text -> p where each name is unique, else [[id, p]] (predictors.format.readable)
+    pairs = list(top.items()) if isinstance(top, dict) else top
+    assert len(lines) == 1 and lines[0]["prompt_id"] == sealed[0].id and pairs[0][1] == 0.55
     board = leaderboard("tiny", "practice", root=results)
     assert set(board["predictor"]) == {"human:alice", "human-team"} and set(board["n"]) == {1}
     run = next(r for r in read_runs(results) if r["predictor"]["label"] == "human:alice" and r["split"] == "practice")

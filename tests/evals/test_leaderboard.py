@@ -96,3 +96,18 @@ def test_leaderboard_cli_across_suites(board_root):
     assert (board_root / "leaderboards" / "tiny-practice.csv").is_file()
     missing = CliRunner().invoke(app, ["leaderboard", "--suite", "nosuch"])
     assert missing.exit_code == 1 and "no scored runs" in missing.output
+
+
+def test_ladder_history_follows_the_sealed_prompts_not_the_commitment():
+    """Recomputed truth changes the commitment's float bits, not the holdout: the Ladder keeps its history."""
+    from evals.leaderboard import _ladder
+
+    def run(kl, commitment, prompts="p1"):
+        return {"suite": {"name": "s", "commitment": commitment, "sealed_prompts_sha256": prompts}, "split": "sealed",
+                "predictor": {"name": "x"}, "metrics": {"kl_nats": {"mean": [kl, kl, kl]}}}
+
+    runs = [run(3.0, "c1"), run(2.5, "c2"), run(2.48, "c2")]  # truth recomputed between the first and second run
+    assert _ladder(runs, "s", "x", "p1") == 2.5  # 3.0, then 2.5 (better by more than 0.05), then 2.48 (not)
+    assert _ladder(runs + [run(1.0, "c3", prompts="p2")], "s", "x", "p2") == 1.0  # a new holdout starts afresh
+    legacy = [{**r, "suite": {"name": "s", "commitment": "c1"}} for r in runs[:1]]
+    assert _ladder(legacy, "s", "x", "c1") == 3.0  # records from before the prompts hash: keyed by commitment

@@ -58,7 +58,14 @@ def test_own_tokenizer_maps_every_token_to_itself(tiny_suite, target_tok):
     q = tm.map_logprobs(logp, rest="unigram", background=tiny_suite.background)
     kl = np.array([entropy(np.exp(lp), qq) for lp, qq in zip(logp, q, strict=True)])
     assert np.allclose(q.sum(axis=1), 1.0)
-    assert kl.max() < 1e-3, kl
+    p, spec = np.exp(logp), np.array(sorted(specials))
+    # ordinary tokens keep their mass and only gain (up to float32 truth rows summing to 1 within ~2e-5)
+    assert (q[:, normal] >= p[:, normal] * (1 - 1e-4)).all()
+    # so all of the KL comes from the special tokens' mass: KL <= sum over specials of p log(p / q)
+    special_term = (p[:, spec] * (logp[:, spec] - np.log(q[:, spec]))).sum(axis=1)
+    assert (kl <= special_term + 1e-4).all(), (kl, special_term)
+    little = p[:, spec].sum(axis=1) < 1e-4  # (a prompt ending a paragraph can put ~2% on <|endoftext|>)
+    assert little.sum() >= len(kl) // 2 and kl[little].max() < 1e-3, kl
 
 
 def test_table_agrees_with_encoding_the_decoded_token(small_tok, target_tok, tiny_suite):
@@ -186,10 +193,11 @@ def test_gemma_vocabulary_maps_and_round_trips(target_tok, tiny_suite):
     q = g2t.map_probs(t2g.map_logprobs(logp, rest="uniform"), rest="unigram", background=tiny_suite.background)
     kl = np.array([entropy(np.exp(lp), qq) for lp, qq in zip(logp, q, strict=True)])
     assert np.median(kl) < 0.01, kl  # most prompts: their likely tokens exist in both vocabularies
-    # the approximation's known failure: where the target's likely token is one Gemma splits (e.g. "'s" -> "'" "s"),
-    # its mass comes back on the shorter token ("'"). The worst tiny-suite prompt is such a case.
-    worst = int(kl.argmax())
-    pw = np.exp(logp[worst])
-    culprit = int(np.argmax(pw * (logp[worst] - np.log(q[worst]))))  # the token that loses the most
-    assert kl[worst] > 0.5 and pw[culprit] > 0.1
-    assert g2t.table[t2g.table[culprit]] != culprit  # it does not survive the round trip (here "'s" -> "'")
+    # the approximation's known failure: where the target's likely token is one Gemma splits ("'s" -> "'" "s"), its
+    # mass comes back on the shorter token ("'"): a distribution with 0.6 on "'s" loses most of it in the round trip
+    s_tok = target_tok.convert_tokens_to_ids("'s")
+    assert name(int(g2t.table[t2g.table[s_tok]])) == "'"
+    row = np.log(0.4 * np.exp(logp[0]))
+    row[s_tok] = np.logaddexp(row[s_tok], np.log(0.6))
+    back = g2t.map_probs(t2g.map_logprobs(row[None], rest="uniform"), rest="unigram", background=tiny_suite.background)
+    assert back[0, s_tok] < 0.05 and entropy(np.exp(row), back[0]) > 0.5
