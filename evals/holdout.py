@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tasks.io import loads_json
 from tasks.paths import data_dir
 
 DEFAULT_STEP = {"kl_nats": 0.05, "kl_bits": 0.05, "reverse_kl_nats": 0.05, "ce_realized_nats": 0.05,
@@ -131,11 +132,11 @@ def _rows(lines: list[str]) -> Iterable[dict[str, Any]]:
     for n, line in enumerate(lines, 1):
         if line.strip():
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
+                row = loads_json(line)
+            except ValueError as e:  # malformed JSON, or a key given twice
                 if n == len(lines) and not line.endswith("\n"):
                     return  # torn by a kill while being appended: that submission was never recorded
-                raise HoldoutError(f"holdout ledger {ledger_path()} line {n} is corrupted ({e.msg}): the count of sealed "
+                raise HoldoutError(f"holdout ledger {ledger_path()} line {n} is corrupted ({getattr(e, 'msg', e)}): the count of sealed "
                                    "submissions cannot be trusted; restore the file from a backup") from e
             if not isinstance(row, dict):
                 raise HoldoutError(f"holdout ledger {ledger_path()} line {n} is not a JSON object: the count of sealed "

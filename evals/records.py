@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.io import crash_point, fsync_dir, fsync_tree
+from tasks.io import crash_point, fsync_dir, fsync_tree, read_json
 from tasks.paths import results_dir
 
 PACKAGES = ("logitpred", "numpy", "scipy", "pandas", "torch", "transformers", "tokenizers", "inspect_ai")
@@ -91,7 +91,7 @@ def read_runs(root: Path | None = None) -> list[dict[str, Any]]:
     for path in sorted(root.glob("*/summary.json")):
         if path.parent.name.startswith("."):
             continue
-        obj = json.loads(path.read_text())
+        obj = read_json(path)
         if obj.get("format") == RECORD_FORMAT:
             obj["_dir"] = str(path.parent)
             runs.append(obj)

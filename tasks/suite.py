@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import crash_point, fsync_tree, open_text, publish_link, read_json
+from .io import crash_point, fsync_tree, loads_json, open_text, publish_link, read_json
 from .paths import data_dir, sha256_file
 from .truth import SPLITS, SuiteError, load_split, read_record
 from .vocab import Vocabulary
@@ -293,7 +293,7 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     with open_text(path) as f:
         for line in f:
             if line.strip():
-                yield json.loads(line)
+                yield loads_json(line)
 
 
 def suite_dir(name: str) -> Path:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .corpora import corpus_name, read_corpus, split_documents
-from .io import atomic_write
+from .io import atomic_write, loads_json
 from .paths import data_dir
 
 
@@ -54,7 +54,7 @@ def train_tokens(
     if path.is_file():
         try:
             with np.load(path) as z:
-                return TokenStream(z["tokens"], z["offsets"], json.loads(str(z["doc_ids"])))
+                return TokenStream(z["tokens"], z["offsets"], loads_json(str(z["doc_ids"])))
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # unreadable cache: rebuilt below
     ids = _encode_all(tokenizer, [d.text for d in train])

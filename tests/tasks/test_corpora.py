@@ -84,3 +84,13 @@ def test_txt_folder_with_a_bom_reads_correctly(tmp_path):
     (folder / "b.txt").write_bytes(b"Plain text.")
     docs = read_corpus(str(folder))
     assert [(d.id, d.text) for d in docs] == [("a.txt", "Bonjour, café."), ("b.txt", "Plain text.")]
+
+
+def test_txt_folder_with_bytes_that_are_not_utf8_is_an_error_naming_the_file(tmp_path):
+    """Bad bytes are never silently replaced by U+FFFD: that text would be the harness's, not the corpus's."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "good.txt").write_text("A fine document. " * 20, encoding="utf-8")
+    (folder / "bad.txt").write_bytes(b"caf\xe9 au lait " * 20)  # Latin-1, not UTF-8
+    with pytest.raises(CorpusError, match=r"bad\.txt: not UTF-8 text \(byte 0xe9 at offset 3\)"):
+        list(read_corpus(str(folder)))
