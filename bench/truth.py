@@ -1,10 +1,17 @@
-"""Benchmark: batched per-document truth vs a naive loop of one forward pass per prompt, on the same prompts.
+"""Benchmark: batched truth, as suites compute it, vs a naive loop of one forward pass per prompt, on the same prompts.
 
 Prints the speed ratio (naive time / batched time), tokens/s of both, and the largest difference between the two
-results (it should be float rounding, ~1e-5). Uses a temporary suite with several cuts per document, as the sotu and
-news suites have, so both savings show: shared passes per document and batching across documents.
+results (it should be float rounding, ~1e-5).
 
-    .venv/bin/python bench/truth.py [--docs 12] [--cuts 4] [--batch-size 8]
+What is compared. Suites take at most one cut per non-overlapping window (``tasks.cuts``), and each window is its own
+truth group, so no two prompts share a forward pass any more: the saving measured here is batching prompts of
+different documents into one right-padded forward pass (``tasks.truth.compute_truth``: length-sorted batches, output
+layer only at the cut) against one full-model pass per prompt (``direct_truth``: batch of one, output layer at every
+position). The prompts are cut from held-out wiki text by the suites' own scheme (``cuts_per_doc`` left unset: one
+window per passage where that reaches the size), in a temporary data dir; the benchmark checks that every prompt is
+its own truth group and prints how many passages they come from.
+
+    .venv/bin/python bench/truth.py [--prompts 48] [--max-doc-tokens 256] [--batch-size 8]
 """
 
 from __future__ import annotations
@@ -19,10 +26,12 @@ import numpy as np
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--docs", type=int, default=12)
-    ap.add_argument("--cuts", type=int, default=4)
+    ap.add_argument("--prompts", type=int, default=48, help="prompts in all (half practice, half sealed)")
+    ap.add_argument("--max-doc-tokens", type=int, default=256, help="window size, as SuiteConfig.max_doc_tokens")
     ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args()
+    if args.prompts < 2:
+        ap.error("--prompts must be at least 2")
     os.environ.setdefault("LOGITPRED_MODEL_CACHE", os.path.abspath(".logitpred/models"))
     os.environ["LOGITPRED_HOME"] = tempfile.mkdtemp(prefix="logitpred-bench-")
 
@@ -32,14 +41,18 @@ def main() -> None:
     from tasks.truth import compute_truth, direct_truth
 
     target = load_target()
-    n = args.docs * args.cuts // 2
-    cfg = SuiteConfig("bench", "wiki", practice=n, sealed=n, cuts_per_doc=args.cuts, max_doc_tokens=256,
-                      max_docs=args.docs * 4)
+    half = args.prompts // 2
+    cfg = SuiteConfig("bench", "wiki", practice=half, sealed=args.prompts - half, max_doc_tokens=args.max_doc_tokens)
     suite = build_suite(cfg, target.tokenizer, target.identity, target.vocab_size)
     prompts = suite.prompts("practice") + suite.prompts("sealed")
     tokens = sum(len(p.token_ids) for p in prompts)
-    docs = len({p.doc for p in prompts})
-    print(f"{len(prompts)} prompts from {docs} documents, {tokens} prompt tokens, torch threads {torch.get_num_threads()}")
+    groups = len({p.doc for p in prompts})
+    passages = len({p.doc.rsplit("@", 1)[0] for p in prompts})
+    if groups != len(prompts):
+        raise SystemExit(f"expected one truth group per prompt (one cut per window), got {groups} for {len(prompts)}")
+    print(f"{len(prompts)} prompts, one per window ({groups} truth groups) from {passages} passages, {tokens} prompt "
+          f"tokens (mean {tokens / len(prompts):.0f}), batch size {args.batch_size}, torch threads "
+          f"{torch.get_num_threads()}")
 
     compute_truth(target.model, prompts[:2])  # warm-up
     t0 = time.perf_counter()
@@ -48,8 +61,8 @@ def main() -> None:
     t0 = time.perf_counter()
     naive = np.stack([direct_truth(target.model, p.token_ids) for p in prompts])
     t_naive = time.perf_counter() - t0
-    print(f"batched per-document: {t_batched:.2f} s ({tokens / t_batched:.0f} prompt tokens/s)")
-    print(f"naive per-prompt:     {t_naive:.2f} s ({tokens / t_naive:.0f} prompt tokens/s)")
+    print(f"batched across documents: {t_batched:.2f} s ({tokens / t_batched:.0f} prompt tokens/s)")
+    print(f"naive, one pass per prompt: {t_naive:.2f} s ({tokens / t_naive:.0f} prompt tokens/s)")
     print(f"speed-up ratio (naive / batched): {t_naive / t_batched:.2f}x")
     print(f"max |difference| in log-prob: {np.abs(batched - naive).max():.2e}")
 
