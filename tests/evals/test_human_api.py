@@ -1,5 +1,7 @@
-"""API tests of the human form: FastAPI's TestClient against a real SQLite file and the real tiny suite (real SmolLM2
-truth); the durability test runs a real uvicorn subprocess and kills it with SIGKILL.
+"""API tests of the human form: FastAPI's TestClient against a real database and the real tiny suite (real SmolLM2
+truth); the durability test runs a real uvicorn subprocess and kills it with SIGKILL. Every test that stores answers
+runs twice, on a new SQLite file and on a new PostgreSQL database (fixture ``human_db_url`` in tests/conftest.py;
+`make test` starts the PostgreSQL server).
 
 Scores shown as practice feedback are checked against scipy (``scipy.special.rel_entr``) on distributions built here
 from the answer, independently of ``predictors.format.densify``.
@@ -10,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.special
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from evals.human.app import create_app
@@ -36,8 +38,9 @@ def game(tiny_suite):
 
 
 @pytest.fixture
-def app(tiny_suite, game, tmp_path):
-    a = create_app(tiny_suite, db_url=f"sqlite:///{tmp_path / 'human.sqlite'}", sealed_per_minute=1000, game=game)
+def app(tiny_suite, game, human_db_url):
+    """The app on a fresh database: each test that uses it runs on SQLite and on PostgreSQL (tests/conftest.py)."""
+    a = create_app(tiny_suite, db_url=human_db_url, sealed_per_minute=1000, game=game)
     yield a
     a.state.close()
 
@@ -320,8 +323,8 @@ def test_transport_and_session_abuse_is_refused(app, tiny_suite):
     assert c.get("/admin").status_code == 403
 
 
-def test_sealed_rate_limit(tiny_suite, game, tmp_path):
-    app = create_app(tiny_suite, db_url=f"sqlite:///{tmp_path / 'h.sqlite'}", sealed_per_minute=2, game=game)
+def test_sealed_rate_limit(tiny_suite, game, human_db_url):
+    app = create_app(tiny_suite, db_url=human_db_url, sealed_per_minute=2, game=game)
     c, h = participant(app, "alice")
     codes = [c.post("/api/answer", headers=h, json={"prompt_id": p.id, "candidates": [{"text": " a", "p": 0.5}]})
              for p in tiny_suite.prompts("sealed")[:3]]
@@ -334,8 +337,8 @@ def test_sealed_rate_limit(tiny_suite, game, tmp_path):
     app.state.close()
 
 
-def test_resume_after_restart(tiny_suite, game, tmp_path):
-    url = f"sqlite:///{tmp_path / 'h.sqlite'}"
+def test_resume_after_restart(tiny_suite, game, human_db_url):
+    url = human_db_url
     first = create_app(tiny_suite, db_url=url, game=game)
     c, h = participant(first, "alice")
     for p in tiny_suite.prompts("practice")[:2]:
@@ -352,18 +355,26 @@ def test_resume_after_restart(tiny_suite, game, tmp_path):
     second.state.close()
 
 
-def test_schema_version_and_suite_are_checked(tiny_suite, tmp_path):
-    path = tmp_path / "h.sqlite"
-    open_db(f"sqlite:///{path}", tiny_suite).dispose()
-    with sqlite3.connect(path) as con:
-        con.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+def sql(url: str, statement: str) -> list[tuple]:
+    """Run one statement on the database at ``url`` with a connection of its own, outside the app; committed."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(sa.text(statement))
+            return [tuple(r) for r in result] if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+def test_schema_version_and_suite_are_checked(tiny_suite, human_db_url):
+    open_db(human_db_url, tiny_suite).dispose()
+    sql(human_db_url, "UPDATE meta SET value = '0' WHERE key = 'schema_version'")
     with pytest.raises(DbError, match="schema version '0'"):
-        open_db(f"sqlite:///{path}", tiny_suite)
-    with sqlite3.connect(path) as con:
-        con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-        con.execute("UPDATE meta SET value = 'wiki' WHERE key = 'suite'")
+        open_db(human_db_url, tiny_suite)
+    sql(human_db_url, "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    sql(human_db_url, "UPDATE meta SET value = 'wiki' WHERE key = 'suite'")
     with pytest.raises(DbError, match="holds answers for suite 'wiki'"):
-        open_db(f"sqlite:///{path}", tiny_suite)
+        open_db(human_db_url, tiny_suite)
 
 
 def test_export_scores_like_any_predictor(app, tiny_suite, tmp_path, monkeypatch):
@@ -413,13 +424,13 @@ def test_export_scores_like_any_predictor(app, tiny_suite, tmp_path, monkeypatch
             assert per[sealed[i].id] == pytest.approx(ref, rel=tol), (label, i)
 
 
-def test_cli_invites_lists_and_exports(tiny_suite, game, tmp_path, monkeypatch):
+def test_cli_invites_lists_and_exports(tiny_suite, game, tmp_path, monkeypatch, human_db_url):
     from typer.testing import CliRunner
 
     from evals.cli import app as cli
 
     monkeypatch.setenv("LOGITPRED_RESULTS", str(tmp_path / "results"))
-    url = f"sqlite:///{tmp_path / 'h.sqlite'}"
+    url = human_db_url
     runner = CliRunner()
     res = runner.invoke(cli, ["participants", "add", "carol", "--suite", "tiny", "--db", url, "--url", "http://x"])
     assert res.exit_code == 0, res.output
@@ -445,11 +456,12 @@ def test_cli_invites_lists_and_exports(tiny_suite, game, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_kill_9_loses_no_acknowledged_answer(tiny_suite, tmp_path):
+def test_kill_9_loses_no_acknowledged_answer(tiny_suite, human_db_url):
     """Real uvicorn subprocess, 8 participants answering concurrently; SIGKILL mid-stream; every answer the server
-    acknowledged is in the database afterwards, and a restarted server resumes each participant where they were."""
-    path = tmp_path / "h.sqlite"
-    url = f"sqlite:///{path}"
+    acknowledged is in the database afterwards, and a restarted server resumes each participant where they were.
+    On SQLite and on PostgreSQL (the database itself keeps running; what is tested is that the server acknowledges
+    only committed answers)."""
+    url = human_db_url
     db = open_db(url, tiny_suite)
     tokens = {f"p{i}": db.add_participant(f"p{i}") for i in range(8)}
     db.dispose()
@@ -482,9 +494,7 @@ def test_kill_9_loses_no_acknowledged_answer(tiny_suite, tmp_path):
         for p in people.values():
             p.close()
     assert 30 <= len(acked) < len(prompts) * len(tokens), "the kill must land while answers are still coming"
-    with sqlite3.connect(path) as con:
-        rows = set(con.execute("SELECT p.name, s.prompt_id FROM submissions s JOIN participants p "
-                               "ON p.id = s.participant_id").fetchall())
+    rows = set(sql(url, "SELECT p.name, s.prompt_id FROM submissions s JOIN participants p ON p.id = s.participant_id"))
     assert set(acked) <= rows
     with serve_subprocess("tiny", url) as (base, _):
         fresh = Participant(base, open_db(url, tiny_suite).new_link("p0"))
@@ -493,44 +503,6 @@ def test_kill_9_loses_no_acknowledged_answer(tiny_suite, tmp_path):
         practice = [p.id for p in tiny_suite.prompts("practice")]
         assert nxt.get("prompt", {}).get("id") == next((p for p in practice if p not in done), None)
         fresh.close()
-
-
-@pytest.fixture
-def postgres_url():
-    """A fresh schema in the PostgreSQL named by $LOGITPRED_TEST_POSTGRES_URL (skipped when unset)."""
-    base = os.environ["LOGITPRED_TEST_POSTGRES_URL"]
-    import sqlalchemy as sa
-
-    schema = f"human_test_{os.getpid()}_{int(time.time() * 1000)}"
-    engine = sa.create_engine(base)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    engine.dispose()
-
-
-@pytest.mark.skipif(not os.environ.get("LOGITPRED_TEST_POSTGRES_URL"),
-                    reason="opt-in: set LOGITPRED_TEST_POSTGRES_URL=postgresql+psycopg://... to run the PostgreSQL test")
-def test_postgresql_works_unchanged(tiny_suite, game, postgres_url, tmp_path):
-    """The same app on PostgreSQL: login, practice feedback, sealed once, rate limit, schema check, export."""
-    app = create_app(tiny_suite, db_url=postgres_url, sealed_per_minute=2, game=game)
-    assert app.state.db.url.startswith("postgresql")
-    c, h = participant(app, "alice")
-    practice, sealed = tiny_suite.prompts("practice"), tiny_suite.prompts("sealed")
-    r = c.post("/api/answer", headers=h, json={"prompt_id": practice[0].id, "candidates": [{"text": " a", "p": 0.5}]})
-    assert r.status_code == 200 and r.json()["running"]["answered"] == 1 and r.json()["feedback"]["kl_nats"] > 0
-    codes = [c.post("/api/answer", headers=h, json={"prompt_id": p.id, "candidates": [{"text": " a", "p": 0.5}]})
-             .status_code for p in (sealed[0], sealed[0], sealed[1], sealed[2])]
-    assert codes == [200, 409, 200, 429]
-    assert stored(app) == 3
-    assert c.get("/api/next", params={"split": "sealed"}).json()["index"] == 2
-    files = export(app.state.db, app.state.game, "sealed", tmp_path)
-    assert sorted(f.name for f in files) == ["human-alice-sealed.jsonl", "human-team-sealed.jsonl"]
-    app.state.close()
-    open_db(postgres_url, tiny_suite).dispose()  # reopening checks the recorded schema version and suite
 
 
 # --- cross-site requests behind a reverse proxy ------------------------------------------------------------------------
@@ -543,8 +515,8 @@ def _answer(c, h, prompt_id: str, **headers) -> object:
     return c.post("/api/answer", content=body, headers={**h, "content-type": "application/json", **headers})
 
 
-def test_origin_is_checked_against_the_public_url_behind_a_proxy(tiny_suite, game, tmp_path):
-    app = create_app(tiny_suite, db_url=f"sqlite:///{tmp_path / 'h.sqlite'}", public_url=PUBLIC, game=game)
+def test_origin_is_checked_against_the_public_url_behind_a_proxy(tiny_suite, game, tmp_path, human_db_url):
+    app = create_app(tiny_suite, db_url=human_db_url, public_url=PUBLIC, game=game)
     c, h = participant(app, "alice")
     prompts = iter(p.id for s in ("practice", "sealed") for p in tiny_suite.prompts(s))
     accepted = {

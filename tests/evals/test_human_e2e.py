@@ -2,7 +2,8 @@
 ``logitpred serve`` subprocess on the tiny suite, using the keyboard only: log in through the invitation, answer a
 practice prompt with vocabulary autocomplete, see the feedback, answer a sealed prompt in quick mode, resume after
 closing the browser, then export and score with the CLI; the KL the page showed equals the KL ``logitpred score``
-computes from the exported file. Needs /usr/bin/chromium (``make setup`` installs it).
+computes from the exported file. Runs on SQLite and on PostgreSQL (`make test` starts the server). Needs
+/usr/bin/chromium (``make setup`` installs it).
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ def logitpred(*args: str, env: dict) -> subprocess.CompletedProcess:
                           env={**os.environ, **env, "COLUMNS": "200"}, timeout=300)
 
 
-def test_participant_session_in_a_real_browser(tiny_suite, tmp_path):
+def test_participant_session_in_a_real_browser(tiny_suite, tmp_path, human_db_url):
+    """On SQLite and on PostgreSQL (a fresh database each; fixture ``human_db_url`` in tests/conftest.py)."""
     from playwright.sync_api import expect, sync_playwright
 
     assert Path(CHROMIUM).is_file(), "Debian chromium is missing: run `make setup` (apt-get install chromium)"
-    url = f"sqlite:///{tmp_path / 'human.sqlite'}"
+    url = human_db_url
     db = open_db(url, tiny_suite)
     link_token = db.add_participant("alice")
     db.dispose()
