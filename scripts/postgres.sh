@@ -22,7 +22,8 @@ shift
 
 bindir=${PG_BINDIR:-}
 if [[ -z $bindir ]]; then
-  bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+  bindir=$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1 || true)  # newest server, not client
+  bindir=${bindir%/initdb}
 fi
 if [[ -z $bindir ]] && command -v initdb >/dev/null 2>&1; then
   bindir=$(dirname "$(command -v initdb)")
@@ -41,7 +42,9 @@ if [[ $(id -u) -eq 0 ]]; then
   as_owner=(runuser -u postgres --)
 fi
 
-dir=$(mktemp -d "${TMPDIR:-/tmp}/logitpred-pg.XXXXXX")
+base=${TMPDIR:-/tmp}
+if [[ ${#as_owner[@]} -gt 0 ]] && ! "${as_owner[@]}" test -x "$base"; then base=/tmp; fi  # postgres must reach it
+dir=$(mktemp -d "$base/logitpred-pg.XXXXXX")
 started=0
 cleanup() {
   local rc=$?
