@@ -107,7 +107,10 @@ def test_participant_session_in_a_real_browser(tiny_suite, tmp_path, human_db_ur
         shown_kl = float(re.search(r"KL\(target ‖ you\): ([0-9.]+) nats", text).group(1))
         assert re.search(r"Running practice score: 1 answered", text)
         assert f"⚠ ' of the' is 2 tokens: only the first (token {of}, ' of') counts" in text  # said again when saved
-        page.keyboard.press("Enter")  # "Next prompt" has focus
+        # "Next prompt" gets focus once the page has also refreshed the progress (after the feedback is drawn): wait
+        # for it, as a keyboard user would, or under load Enter can land before it (seen with two cores busy)
+        expect(page.locator("#next")).to_be_focused()
+        page.keyboard.press("Enter")
         expect(page.locator("#prompt-pos")).to_have_text("2 of 6 (practice)")
 
         # the sealed round, in quick mode, without touching the mouse
