@@ -62,7 +62,7 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and not secure_cookies:
         console.print("[yellow]warning:[/] listening beyond loopback without --secure-cookies: put it behind HTTPS")
     base = url or f"http://{host}:{port}"
-    out.print(f"human form for suite [bold]{s.name}[/] {s.version} at {base}  (database {app.state.db.url})")
+    out.print(f"human form for suite [bold]{s.name}[/] {s.version} at {base}  (database {app.state.db.shown_url})")
     out.print(f"organiser page (one-time link): {base}/join/{app.state.db.admin_link()}")
     out.print(f"invite participants with: logitpred participants add NAME --suite {s.name} --url {base}", soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -133,6 +133,7 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.shown_url = shown(url)
         self._read = _engine(url, immediate=False)
         self._write = _engine(url, immediate=True) if url.startswith("sqlite") else self._read
         # SQLite has one writer at a time; threads of this process queue here instead of in SQLite's busy handler,
@@ -303,6 +304,14 @@ class Database:
         return rows
 
 
+def shown(url: str) -> str:
+    """A database URL as it may be printed or logged: its password replaced by ``***``."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show nothing of it but the scheme
+        return url.split("://", 1)[0] + "://..."
+
+
 def open_db(url: str | None, suite: Any) -> Database:
     """Open (creating if new) the database of ``suite``; refuse one of another schema version or suite."""
     url = url or default_url(suite.name)
@@ -316,11 +325,11 @@ def open_db(url: str | None, suite: Any) -> Database:
             have = want
     if have.get("schema_version") != SCHEMA_VERSION:
         db.dispose()
-        raise DbError(f"database {url} has schema version {have.get('schema_version')!r}; this logitpred expects "
+        raise DbError(f"database {shown(url)} has schema version {have.get('schema_version')!r}; this logitpred expects "
                       f"{SCHEMA_VERSION!r}: export its submissions with the logitpred that wrote it, then use a new --db")
     if (have.get("suite"), have.get("suite_version")) != (suite.name, suite.version):
         db.dispose()
-        raise DbError(f"database {url} holds answers for suite {have.get('suite')!r} version "
+        raise DbError(f"database {shown(url)} holds answers for suite {have.get('suite')!r} version "
                       f"{have.get('suite_version')!r}, not {suite.name!r} version {suite.version!r}: give another --db")
     return db
 

@@ -720,3 +720,12 @@ def test_admin_export_reads_back_to_the_same_tokens(app, tiny_suite, tmp_path):
     checked = validate(lines, [pid], vocab, tiny_suite.background)
     assert checked.errors == [] and checked.prompt_ids == [pid]
     assert checked.probs[0, 112] == pytest.approx(0.5)
+
+
+def test_database_passwords_are_never_printed():
+    from evals.human.db import Database, shown
+
+    assert shown("postgresql+psycopg://form:s3cret@127.0.0.1:5433/human") == (
+        "postgresql+psycopg://form:***@127.0.0.1:5433/human")
+    assert shown("sqlite:////tmp/h.sqlite") == "sqlite:////tmp/h.sqlite"
+    assert "s3cret" not in Database("postgresql+psycopg://form:s3cret@127.0.0.1:1/x").shown_url
