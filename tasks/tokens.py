@@ -1,7 +1,8 @@
 """Token streams of a corpus's train part, on the target's tokenizer, cached.
 
 Corpus-statistics predictors (unigram, n-gram, suffix match) learn only from these streams: the held-out documents
-that prompts are cut from never enter them (``split_documents`` decides, by source document).
+that prompts are cut from never enter them (``split_documents`` decides, by source document). All corpus text is
+encoded by ``encode_text``: special-token strings in it are text, never control tokens.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,8 @@ import numpy as np
 from .corpora import corpus_name, read_corpus, split_documents
 from .io import atomic_write, loads_json
 from .paths import data_dir
+
+ENCODING = "text-specials/1"  # encode_text's rule; part of the token cache key
 
 
 @dataclass(frozen=True)
@@ -29,17 +33,41 @@ class TokenStream:
         return [self.tokens[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)]
 
 
+def encode_text(tokenizer: Any, texts: str | Sequence[str]) -> Any:
+    """Token ids of corpus text: ``list[int]`` for one string, ``list[list[int]]`` for a sequence of them.
+
+    No special tokens are added (no BOS, no EOS), and special-token strings *in* the text (``<|endoftext|>``,
+    ``<|im_start|>``, ``<bos>``) are encoded as the text they are, never as control tokens: a plain
+    ``tokenizer(text, add_special_tokens=False)`` still maps ``"<|endoftext|>"`` to its special id, so this passes
+    ``split_special_tokens=True``. Added tokens the tokenizer does not mark special (Gemma's ``"\\n\\n"`` or
+    ``"<table>"``) are ordinary text and kept. Every place the harness encodes corpus or prompt text uses this.
+    """
+    if isinstance(texts, str):
+        return list(tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    if not texts:
+        return []
+    return [list(x) for x in tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]]
+
+
+def special_ids(tokenizer: Any) -> set[int]:
+    """Ids of every control token of ``tokenizer``: its named special tokens and all added tokens marked special."""
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False))
+    return ids
+
+
 def _encode_all(tokenizer: Any, texts: list[str], batch: int = 512) -> list[list[int]]:
     out: list[list[int]] = []
     for i in range(0, len(texts), batch):
-        out.extend(tokenizer(texts[i : i + batch], add_special_tokens=False)["input_ids"])
+        out.extend(encode_text(tokenizer, texts[i : i + batch]))
     return out
 
 
 def train_tokens(
     corpus: str, tokenizer: Any, tokenizer_sha256: str, *, seed: int = 0, heldout_fraction: float = 0.1
 ) -> TokenStream:
-    """The train part of ``corpus`` tokenized by the target's tokenizer; cached by corpus content, split and tokenizer.
+    """The train part of ``corpus`` tokenized by the target's tokenizer (``encode_text``); cached by corpus content,
+    split, tokenizer and ``ENCODING``.
 
     The cache file (``<data_dir>/tokens/*.npz``) is written atomically (``tasks.io.atomic_write``); an unreadable one
     (e.g. left by an older version killed mid-write) is rebuilt.
@@ -49,7 +77,8 @@ def train_tokens(
     h = hashlib.sha256()
     for d in train:
         h.update(d.id.encode() + b"\0" + d.text.encode() + b"\0")
-    key = hashlib.sha256(f"{h.hexdigest()}:{tokenizer_sha256}".encode()).hexdigest()[:16]
+    # ENCODING names how text becomes ids (special-token strings as text): caches of an older encoding are not reused
+    key = hashlib.sha256(f"{h.hexdigest()}:{tokenizer_sha256}:{ENCODING}".encode()).hexdigest()[:16]
     path = data_dir() / "tokens" / f"{corpus_name(corpus)}-s{seed}-h{heldout_fraction}-{key}.npz"
     if path.is_file():
         try:

@@ -126,6 +126,28 @@ def test_trains_only_on_the_train_part(ctx: PredictorContext, tmp_path: Path) ->
     assert p.manifest["corpora"][0]["tokens"] == expected
 
 
+def test_special_token_strings_in_training_text_are_text(ctx: PredictorContext, tmp_path: Path) -> None:
+    """A train document containing "<|endoftext|>" and "<|im_start|>" is encoded as text: its token stream holds no
+    control token id (the plain ``add_special_tokens=False`` encoding would hold 0 and 1) and decodes back to it."""
+    from tasks.corpora import read_corpus, split_documents
+    from tasks.tokens import encode_text, special_ids
+
+    docs = {k: v.replace(" lake ", " lake <|endoftext|> ").replace(" town ", " <|im_start|>town ")
+            for k, v in _docs().items()}
+    path = _corpus(tmp_path, docs, "specials.jsonl")
+    train, _ = split_documents(read_corpus(path), seed=ctx.seed, heldout_fraction=ctx.heldout_fraction)
+    with_marks = [d for d in train if "<|endoftext|>" in d.text]
+    assert len(with_marks) >= 10
+    tok = ctx.tokenizer()
+    special = special_ids(tok)
+    assert {0, 1} <= set(tok(with_marks[0].text, add_special_tokens=False)["input_ids"])  # the old encoding
+    text = training_text([path], ctx, vocab_size=ctx.vocab_size)
+    assert not set(np.unique(text.tokens).tolist()) & special
+    docs_ids = [text.tokens[a:b].tolist() for a, b in zip(text.offsets[:-1], text.offsets[1:], strict=True)]
+    assert docs_ids == [encode_text(tok, d.text) for d in train]
+    assert tok.decode(docs_ids[train.index(with_marks[0])]) == with_marks[0].text
+
+
 def test_index_is_reused_and_rebuilt_when_inputs_change(ctx: PredictorContext, tmp_path: Path) -> None:
     path = _corpus(tmp_path, _docs())
     first = create("ngram", ctx, corpora=path, order=3)
