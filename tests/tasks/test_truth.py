@@ -1,5 +1,6 @@
-"""Cached truth equals a direct single-prompt forward pass, whatever the batch size (padding must not leak); stored
-truth with NaN or +inf is refused by name, -inf (masked tokens) loads."""
+"""Cached truth equals a direct single-prompt forward pass, whatever the batch size (padding must not leak); for the
+default target (Llama architecture) the model's own forward equals the former decoder + output-layer path; stored truth
+with NaN or +inf is refused by name, -inf (masked tokens) loads. Other architectures: ``test_architectures.py``."""
 
 import numpy as np
 import pytest
@@ -43,6 +44,22 @@ def test_several_cuts_of_one_document_share_a_pass(target, tiny_suite):
     got = compute_truth(target.model, cuts, batch_size=2)
     for row, p in zip(got, cuts, strict=True):
         np.testing.assert_allclose(row, direct_truth(target.model, p.token_ids), atol=1e-4)
+
+
+def test_own_forward_keeps_the_default_targets_truth(target, tiny_suite):
+    """SmolLM2 (Llama: no logit scaling or capping) is probed into one batched call per batch, and its truth from the
+    model's own forward equals the former hand-rolled path (decoder, then the tied output layer) to float rounding."""
+    import torch
+
+    from tasks.forward import check_causal_lm
+
+    assert check_causal_lm(target.model) == "rows"
+    _, cached, _ = tiny_suite.truth_split("sealed")
+    with torch.inference_mode():
+        for row, p in zip(cached, tiny_suite.prompts("sealed"), strict=True):
+            hidden = target.model.get_decoder()(input_ids=torch.tensor([list(p.token_ids)])).last_hidden_state
+            old = torch.log_softmax(target.model.get_output_embeddings()(hidden[0, -1]).float(), dim=-1).numpy()
+            assert np.abs(row - old).max() <= 1e-4
 
 
 def _stored(tiny_suite, folder, split, logp, nxt):
