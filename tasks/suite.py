@@ -326,25 +326,31 @@ def load_suite(name_or_path: str | Path) -> Suite:
 
 
 def build_suite(config: SuiteConfig, tokenizer: Any, identity: Any, vocab_size: int, *,
-                on_progress: Callable[[int, int], None] | None = None) -> Suite:
+                on_progress: Callable[[int, int], None] | None = None, context: int | None = None) -> Suite:
     """Cut the prompts of a suite and publish its folder (truth is computed separately by ``Suite.compute_truth``).
 
-    The build is written to a fresh folder, synced, then published by an atomic link switch; the previous build of the
-    same name is deleted after the switch. Raises ``SuiteError`` when the corpus cannot give the sizes asked.
+    ``context`` (default: ``identity.context``, from the target's config) is the most positions a model input may hold:
+    prompts are cut so that BOS plus prompt fit it (``max_doc_tokens`` clamped). The build is written to a fresh
+    folder, synced, then published by an atomic link switch; the previous build of the same name is deleted after the
+    switch. Raises ``SuiteError`` when the corpus cannot give the sizes asked, the context leaves no room after
+    ``min_context``, or (never expected) a prompt leaks, exceeds the context or holds a control token.
     """
-    from .cuts import leaks, prompt_rows
+    from .cuts import control_tokens, leaks, prompt_rows, too_long
+    from .target import bos_ids
 
-    rows = prompt_rows(config, tokenizer, on_progress=on_progress)
-    problems = leaks(rows)
-    if problems:  # prompt_rows guarantees none; never publish a suite that breaks the invariant
-        raise SuiteError(f"internal error, suite {config.name!r} not written: {len(problems)} leak(s), first: "
+    context = context or getattr(identity, "context", None)
+    n_bos = len(bos_ids(tokenizer))
+    rows = prompt_rows(config, tokenizer, on_progress=on_progress, context=context, n_bos=n_bos)
+    problems = leaks(rows) + too_long(rows, context, n_bos) + control_tokens(rows, tokenizer)
+    if problems:  # prompt_rows guarantees none; never publish a suite that breaks the invariants
+        raise SuiteError(f"internal error, suite {config.name!r} not written: {len(problems)} problem(s), first: "
                          f"{problems[0]}")
     builds = data_dir() / "suite-builds" / config.name
     builds.mkdir(parents=True, exist_ok=True)
     with open(builds.parent / f".{config.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build of a name at a time: each deletes the others' folders
         build = builds / uuid.uuid4().hex[:12]
-        _write_build(build, config, rows, tokenizer, identity, vocab_size)
+        _write_build(build, config, rows, tokenizer, identity, vocab_size, context)
         crash_point("suite:before-link")
         publish_link(suite_dir(config.name), build)
         crash_point("suite:after-link")
@@ -359,7 +365,7 @@ def build_suite(config: SuiteConfig, tokenizer: Any, identity: Any, vocab_size: 
 
 
 def _write_build(build: Path, config: SuiteConfig, rows: dict[str, list[dict[str, Any]]], tokenizer: Any,
-                 identity: Any, vocab_size: int) -> None:
+                 identity: Any, vocab_size: int, context: int | None) -> None:
     """Write a complete suite folder at ``build`` (not yet published) and sync it to disk."""
     from .target import bos_ids
     from .tokens import train_tokens, unigram_distribution
@@ -381,7 +387,7 @@ def _write_build(build: Path, config: SuiteConfig, rows: dict[str, list[dict[str
     manifest = {
         "format": FORMAT, "name": config.name, "version": f"2-{h.hexdigest()[:12]}",
         "config": dataclasses.asdict(config), "target": identity.to_dict(), "vocab_size": vocab_size,
-        "bos_ids": bos_ids(tokenizer), "sizes": {s: len(rows[s]) for s in SPLITS},
+        "bos_ids": bos_ids(tokenizer), "context": context, "sizes": {s: len(rows[s]) for s in SPLITS},
         "documents": {"heldout_sources": len({r["source"] for s in SPLITS for r in rows[s]}),
                       "heldout_passages": len({r["passage"] for s in SPLITS for r in rows[s]}),
                       "windows": len({r["doc"] for s in SPLITS for r in rows[s]}),

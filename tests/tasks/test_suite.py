@@ -197,3 +197,140 @@ def test_manifest_records_identity_and_truth_record_the_commitment(tiny_suite):
     assert record["commitment"] == tiny_suite.commitment and record["version"] == tiny_suite.version
     assert sorted(p.name for p in tiny_suite.truth_dir.glob("*.safetensors")) == sorted(
         f["file"] for f in record["files"].values())
+
+
+# --- context and BOS: prompts fit the target's context with their BOS; special-token strings are text ---------------
+SPECIAL_TEXT = ("<bos>The mill stood by the river. <|endoftext|> Its wheel turned for two hundred years, grinding corn "
+                "for the village.<|im_start|>user In <start_of_turn>1890 the <|im_end|> mill closed and the <eos> wheel "
+                "was sold for scrap. <|endoftext|><|endoftext|> The building became a school, then a museum. ")
+
+
+def _corpus_file(tmp_path, name, texts, *, held=6, train=4):
+    """A .jsonl corpus of ``held`` held-out and ``train`` train documents (seed 0, held-out fraction 0.5)."""
+    ids = [f"doc-{i}" for i in range(200)]
+    held_ids = [i for i in ids if is_heldout(i, seed=0, heldout_fraction=0.5)][:held]
+    chosen = held_ids + [i for i in ids if i not in held_ids][:train]
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "text": texts[k % len(texts)]}) + "\n" for k, i in enumerate(chosen)))
+    return path
+
+
+def _long_texts(n=10, per=6):
+    wiki = [d.text for d in read_corpus("wiki")[:400] if len(d.text) > 600]
+    return ["\n\n".join(wiki[k * per : (k + 1) * per]) for k in range(n)]
+
+
+@pytest.fixture(scope="module")
+def gemma_tok(data_home):
+    from predictors.model import gemma_path
+    from tasks.target import load_tokenizer
+
+    return load_tokenizer(gemma_path())[0]
+
+
+def test_suite_of_a_small_context_target_cuts_inside_it(target, tmp_path, monkeypatch):
+    """A GPT-2 target (learned positions) with a 64-position context: its identity carries the context, every prompt
+    fits it, the manifest records it, and truth through the harness equals the model's plain forward."""
+    import numpy as np
+    import torch
+    import transformers as tf
+
+    from tasks import load_target, load_tokenizer
+    from tasks.truth import direct_truth
+
+    monkeypatch.setenv("LOGITPRED_HOME", str(tmp_path / "home"))
+    torch.manual_seed(0)
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=len(target.tokenizer), n_embd=64, n_layer=2, n_head=4,
+                                             n_positions=64))
+    folder = tmp_path / "gpt2-ctx64"
+    model.save_pretrained(folder)
+    target.tokenizer.save_pretrained(folder)
+    tok, ident = load_tokenizer(folder)
+    assert ident.context == 64 and "context" not in ident.to_dict()
+    cfg = SuiteConfig("ctx64", str(_corpus_file(tmp_path, "long", _long_texts())), practice=3, sealed=3,
+                      heldout_fraction=0.5, min_context=8)
+    assert cfg.max_doc_tokens == 512  # clamped to the context at build, not in the config
+    unclamped = prompt_rows(cfg, tok)
+    assert max(len(r["token_ids"]) for s in unclamped for r in unclamped[s]) > 64  # what 513-token windows would cut
+    suite = build_suite(cfg, tok, ident, len(tok))
+    prompts = suite.prompts("practice") + suite.prompts("sealed")
+    assert len(prompts) == 6 and max(len(p.token_ids) for p in prompts) <= 64 and suite.manifest["context"] == 64
+    small = load_target(folder)
+    assert small.context == 64
+    suite.compute_truth(small)
+    for p in prompts:
+        assert np.abs(suite.truth(p.id) - direct_truth(small.model, p.token_ids)).max() <= 1e-4
+
+
+def test_gemma_suite_leaves_room_for_its_one_bos(gemma_tok, tmp_path, monkeypatch):
+    """Gemma 3's tokenizer adds <bos>: with a context of 40, prompts hold at most 39 tokens; none starts with the BOS
+    id, even where the document's text starts with the string "<bos>"."""
+    from predictors.model import gemma_path
+    from tasks import load_tokenizer
+
+    monkeypatch.setenv("LOGITPRED_HOME", str(tmp_path / "home"))
+    _, ident = load_tokenizer(gemma_path())
+    assert ident.context == 32768
+    texts = ["<bos>" + t for t in _long_texts()]
+    cfg = SuiteConfig("g40", str(_corpus_file(tmp_path, "bos", texts)), practice=3, sealed=3, heldout_fraction=0.5,
+                      min_context=8)
+    unclamped = prompt_rows(cfg, gemma_tok)
+    assert max(len(r["token_ids"]) for s in unclamped for r in unclamped[s]) > 39
+    suite = build_suite(cfg, gemma_tok, ident, len(gemma_tok), context=40)
+    prompts = suite.prompts("practice") + suite.prompts("sealed")
+    assert suite.bos_ids == [2] and suite.manifest["context"] == 40
+    assert max(len(p.token_ids) for p in prompts) <= 39 and len(prompts) == 6
+    rows = prompt_rows(cfg, gemma_tok, context=40, n_bos=1)  # what the build cut: the context minus the one BOS
+    assert [tuple(r["token_ids"]) for s in ("practice", "sealed") for r in rows[s]] == [p.token_ids for p in prompts]
+    assert all(p.token_ids[0] != 2 for p in prompts)
+    assert any(p.text.startswith("<bos>") for p in prompts)  # the text's "<bos>" is text, not a second BOS
+
+
+def test_prompts_beyond_the_context_are_named_with_their_sizes(target, tmp_path):
+    from tasks.cuts import too_long
+
+    cfg = SuiteConfig("long", str(_corpus_file(tmp_path, "long", _long_texts())), practice=3, sealed=3,
+                      heldout_fraction=0.5, max_doc_tokens=96)
+    rows = prompt_rows(cfg, target.tokenizer)
+    longest = max((r for s in rows for r in rows[s]), key=lambda r: len(r["token_ids"]))
+    n = len(longest["token_ids"])
+    problems = too_long(rows, n, 1)  # the longest prompt and its BOS need one position more than this context
+    assert f"prompt {longest['id']} has {n} tokens: with 1 BOS that is {n + 1} positions, more than the target's " \
+           f"context of {n}" in problems
+    assert too_long(rows, n + 1, 1) == [] and too_long(rows, n, 0) == [] and too_long(rows, None, 1) == []
+    with pytest.raises(SuiteError, match=r"suite 'tight': the target's context of 12 positions, minus 0 BOS, leaves "
+                                         r"prompts at most 12 tokens, not more than min_context \(16\)"):
+        build_suite(dataclasses_replace(cfg, name="tight"), target.tokenizer, target.identity, target.vocab_size,
+                    context=12)
+
+
+def dataclasses_replace(cfg, **changes):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+@pytest.mark.parametrize("tok_name", ["smollm2", "gemma3"])
+def test_special_token_strings_in_corpus_text_are_text(tok_name, target, gemma_tok, tmp_path):
+    """A corpus whose text contains "<|endoftext|>", "<|im_start|>", "<bos>", ...: prompts hold no control token id,
+    their text round-trips, and the plain ``add_special_tokens=False`` encoding would have held control tokens."""
+    from tasks.cuts import control_tokens
+    from tasks.tokens import encode_text, special_ids
+
+    tok = target.tokenizer if tok_name == "smollm2" else gemma_tok
+    special = special_ids(tok)
+    texts = [SPECIAL_TEXT * 12 + t for t in _long_texts()]
+    assert set(tok(SPECIAL_TEXT, add_special_tokens=False)["input_ids"]) & special  # what the old encoding did
+    cfg = SuiteConfig("specials", str(_corpus_file(tmp_path, "specials", texts)), practice=3, sealed=3,
+                      heldout_fraction=0.5, max_doc_tokens=96, min_context=8)
+    rows = prompt_rows(cfg, tok)
+    flat = [r for s in rows for r in rows[s]]
+    assert len(flat) == 6 and control_tokens(rows, tok) == []
+    for r in flat:
+        assert not special & {*r["token_ids"], r["next_token_id"]}
+        assert encode_text(tok, r["text"]) == r["token_ids"] and tok.decode(r["token_ids"]) == r["text"]
+    shown = "".join(r["text"] for r in flat)
+    assert "<|endoftext|>" in shown and "<bos>" in shown
+    bad = dict(flat[0], token_ids=[*flat[0]["token_ids"][:-1], min(special)])
+    assert control_tokens({"practice": [bad]}, tok) == [f"prompt {bad['id']} holds control token id(s) "
+                                                        f"[{min(special)}]"]
