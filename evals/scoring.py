@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,10 +18,10 @@ from tasks.suite import Suite
 
 from . import records
 from .metrics import per_prompt_metrics
+from .sparse import score_rows
 from .stats import summarize
 
-CHUNK = 8  # prompts per scoring batch: small enough that the (CHUNK, vocab) float64 arrays stay in cache (8 rows
-# ran ~10x faster than 256 rows on a 49k vocabulary: the metrics are memory-bound)
+K = 10  # top-k overlap's k
 
 
 class ScoringError(ValueError):
@@ -38,12 +36,26 @@ class Score:
     run_dir: Path | None = None
 
 
-def score_matrix(truth_logp: np.ndarray, pred_p: np.ndarray, next_ids: np.ndarray, *, k: int = 10) -> pd.DataFrame:
-    """Per-prompt metrics for aligned arrays, computed in chunks."""
-    parts = [pd.DataFrame(per_prompt_metrics(truth_logp[i : i + CHUNK], pred_p[i : i + CHUNK],
-                                             next_ids[i : i + CHUNK], k=k))
-             for i in range(0, len(pred_p), CHUNK)]
-    return pd.concat(parts, ignore_index=True)
+def score_matrix(truth_logp: np.ndarray, pred_p: np.ndarray, next_ids: np.ndarray, *, k: int = K) -> pd.DataFrame:
+    """Per-prompt metrics for aligned dense arrays (``evals.metrics.per_prompt_metrics``: chunked, multi-threaded)."""
+    return pd.DataFrame(per_prompt_metrics(truth_logp, pred_p, next_ids, k=k))
+
+
+def score_validated(suite: Suite, split: str, preds: ValidatedPredictions, *, k: int = K,
+                    tv_js: bool = True) -> pd.DataFrame:
+    """Per-prompt metrics of validated predictions of ``split``, in their order: sparse rows in O(named tokens)
+    against the split's cached truth constants (``tasks.truth_stats``), whole rows on the dense kernels
+    (``evals.sparse.score_rows``). ``tv_js=False`` leaves out total variation and Jensen-Shannon."""
+    from tasks.truth_stats import truth_stats
+
+    ids, logp, nxt = suite.truth_split(split)
+    where = {p: i for i, p in enumerate(ids)}
+    rows = np.array([where[p] for p in preds.prompt_ids], dtype=np.int64)
+    bg = preds.rows.background
+    if bg is not None and bg is not suite.background and not np.array_equal(bg, suite.background):
+        raise ScoringError("these predictions were validated against another background unigram than the suite's")
+    stats = truth_stats(suite, split, ks=sorted({1, k, K}))
+    return pd.DataFrame(score_rows(preds.rows, logp, nxt, stats, truth_rows=rows, k=k, tv_js=tv_js))
 
 
 def load_file(path: Path, suite: Suite, split: str) -> ValidatedPredictions:
@@ -76,9 +88,8 @@ def score(suite: Suite, split: str, preds: ValidatedPredictions, *, predictor: d
         from .holdout import check, default_limit
 
         check(suite, predictor.get("label") or predictor["name"], default_limit())  # holdout hygiene
-    ids, logp, nxt = suite.truth_split(split)
-    rows = [ids.index(p) for p in preds.prompt_ids] if list(ids) != preds.prompt_ids else slice(None)
-    per_prompt = score_matrix(logp[rows], preds.probs, nxt[rows])
+    ids = suite.truth_split(split)[0]
+    per_prompt = score_validated(suite, split, preds)
     prompts = {p.id: p for p in suite.prompts(split)}
     per_prompt.insert(0, "prompt_id", preds.prompt_ids)
     per_prompt.insert(1, "context_tokens", [len(prompts[p].token_ids) for p in preds.prompt_ids])
@@ -108,7 +119,7 @@ def score(suite: Suite, split: str, preds: ValidatedPredictions, *, predictor: d
     if split == "sealed":  # holdout hygiene: every sealed scoring is counted per predictor (evals/holdout.py)
         from .holdout import record
 
-        digest = hashlib.sha256(json.dumps(preds.prompt_ids).encode() + preds.probs.tobytes()).hexdigest()
+        digest = preds.digest()  # sha256(json(prompt ids) + full float64 rows), one row at a time
         summary["holdout"] = {"submission": record(suite, predictor.get("label") or name, run_id=summary["run_id"],
                                                    digest=digest), "predictions_sha256": digest}
     run_dir = records.write_run(summary, per_prompt, root=results_root) if write else None

@@ -31,13 +31,14 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
+import hashlib
 import json
 import math
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 
@@ -47,6 +48,7 @@ from tasks.vocab import Vocabulary
 REST_RULES = ("uniform", "unigram")
 TOL = 1e-3
 MIN_REST = 1e-6
+SPARSE_FRACTION = 0.125  # a full vector with at most this share of non-zero entries is kept sparse
 HINT_LIMIT = 20  # distinct unknown names per file that get near-match suggestions
 BOM_BYTES = BOM.encode("utf-8")
 
@@ -111,14 +113,29 @@ class Prediction:
         return cls(pid, pairs, obj.get("rest", "uniform"))
 
 
-def densify(pred: Prediction, vocab: Vocabulary, background: np.ndarray | None = None, *, tol: float = TOL,
-            min_rest: float = MIN_REST, explain: Callable[[str], str] | None = None) -> np.ndarray:
-    """Validate one prediction and return its full, strictly positive distribution (float64, sums to 1).
+class Row(NamedTuple):
+    """One validated prediction as it is kept: named tokens and a rest rule (``full`` is None), or a whole vector.
 
-    ``explain(name)`` words the refusal of a name that is no single token (default: ``vocab.explain_unknown``, with
-    near-match suggestions; files use a ``Hints`` budget instead).
+    The distribution is ``q[ids] = ps`` and, over every other token, ``rest`` spread by the rule (uniform, or the
+    background unigram renormalized over the unnamed tokens); ``expand`` writes it out exactly as ``densify`` does.
     """
-    explain = explain or vocab.explain_unknown
+
+    ids: np.ndarray | None  # named token ids (int64), in the order given
+    ps: np.ndarray | None  # their probabilities after the min-rest scaling (float64, > 0)
+    rest: float  # the mass of the unnamed tokens (>= min_rest); 0.0 for a whole vector
+    unigram: bool  # rest rule: True for "unigram", False for "uniform"
+    full: np.ndarray | None  # the whole distribution (float64), for a row kept dense
+
+
+def check(pred: Prediction, vocab: Vocabulary, background: np.ndarray | None = None, *, tol: float = TOL,
+          min_rest: float = MIN_REST, explain: Callable[[str], str] | None = None,
+          sparse_fraction: float = SPARSE_FRACTION) -> Row:
+    """Validate one prediction (the rules of ``densify``) and return it without densifying what it did not say.
+
+    A ``top`` prediction comes back as its named tokens and rest; a full vector with at most ``sparse_fraction`` of
+    the vocabulary non-zero likewise (its zeros are the unnamed tokens); any other full vector, or one naming every
+    token, as a whole vector. ``expand(check(...))`` is bit for bit ``densify(...)``.
+    """
     V, pid = len(vocab), pred.prompt_id
     if pred.rest not in REST_RULES:
         raise PredictionError(f"prompt {pid}: 'rest' is {pred.rest!r}; use one of {', '.join(REST_RULES)}")
@@ -137,63 +154,216 @@ def densify(pred: Prediction, vocab: Vocabulary, background: np.ndarray | None =
         named = np.flatnonzero(q > 0)
         ps = q[named]
     else:
+        explain = explain or vocab.explain_unknown
         pairs = list(pred.top.items()) if isinstance(pred.top, Mapping) else list(pred.top)
         named_list, ps_list = [], []
         for cand, p in pairs:
-            where = f"prompt {pid}: top[{cand!r}]"
             if isinstance(cand, bool) or not isinstance(cand, (str, int)):
-                raise PredictionError(f"{where}: a candidate must be a token string or an integer id")
+                raise PredictionError(f"prompt {pid}: top[{cand!r}]: a candidate must be a token string or an "
+                                      "integer id")
             if isinstance(cand, int):
                 if not 0 <= cand < V:
-                    raise PredictionError(f"{where}: token id out of range [0, {V})")
+                    raise PredictionError(f"prompt {pid}: top[{cand!r}]: token id out of range [0, {V})")
                 tid = cand
             else:
                 tid = vocab.lookup(cand)
                 if tid is None:
-                    raise PredictionError(f"{where}: {explain(cand)}")
+                    raise PredictionError(f"prompt {pid}: top[{cand!r}]: {explain(cand)}")
             if isinstance(p, int) and not isinstance(p, bool) and abs(p) > 1:  # huge ints overflow math.isfinite
-                raise PredictionError(f"{where}: probability {p!r} is above 1")
+                raise PredictionError(f"prompt {pid}: top[{cand!r}]: probability {p!r} is above 1")
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p < 0:
-                raise PredictionError(f"{where}: probability {p!r} is not a finite number >= 0")
+                raise PredictionError(f"prompt {pid}: top[{cand!r}]: probability {p!r} is not a finite number >= 0")
             if p > 0:
                 named_list.append(tid)
                 ps_list.append(float(p))
-        named = np.array(named_list, dtype=np.int64)
-        if np.unique(named).size != named.size:
-            dup = int([t for t in named if (named == t).sum() > 1][0])
+        if len(set(named_list)) != len(named_list):
+            seen = {}
+            for t in named_list:
+                seen[t] = seen.get(t, 0) + 1
+            dup = next(t for t in named_list if seen[t] > 1)
             raise PredictionError(f"prompt {pid}: token {dup} ({vocab.text[dup]!r}) is named more than once in 'top'")
+        named = np.array(named_list, dtype=np.int64)
         ps = np.array(ps_list, dtype=np.float64)
         total = ps.sum()
         if total > 1.0 + tol:
             raise PredictionError(f"prompt {pid}: 'top' probabilities sum to {total:.6f} > 1 (tolerance {tol})")
     total = ps.sum()
-    others = np.ones(V, dtype=bool)
-    others[named] = False
-    if not others.any():  # every token named: nothing to spread, only rounding to remove
+    if named.size == V:  # every token named: nothing to spread, only rounding to remove
         q = np.empty(V)
         q[named] = ps / total
-        return q
+        return Row(None, None, 0.0, False, q)
     rest = 1.0 - total
     if rest < min_rest:
         ps = ps * ((1.0 - min_rest) / total)
         rest = min_rest
-    weights = background[others] if pred.rest == "unigram" else np.ones(int(others.sum()))
-    q = np.empty(V)
-    q[others] = rest * weights / weights.sum()
-    q[named] = ps
+    row = Row(named, ps, float(rest), pred.rest == "unigram", None)
+    if pred.probs is not None and named.size > sparse_fraction * V:
+        return row._replace(ids=None, ps=None, rest=0.0, unigram=False, full=expand(row, V, background))
+    return row
+
+
+def expand(row: Row, vocab_size: int, background: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """The full distribution (float64) of a validated row, bit for bit what ``densify`` returns for it."""
+    q = np.empty(vocab_size) if out is None else out
+    if row.full is not None:
+        q[:] = row.full
+        return q
+    if row.unigram:
+        others = np.ones(vocab_size, dtype=bool)
+        others[row.ids] = False
+        weights = background[others]
+        q[others] = row.rest * weights / weights.sum()
+    else:  # rest * ones / (count of ones) is rest / count, exactly
+        q.fill(row.rest / (vocab_size - row.ids.size))
+    q[row.ids] = row.ps
     return q
 
 
+def densify(pred: Prediction, vocab: Vocabulary, background: np.ndarray | None = None, *, tol: float = TOL,
+            min_rest: float = MIN_REST, explain: Callable[[str], str] | None = None) -> np.ndarray:
+    """Validate one prediction and return its full, strictly positive distribution (float64, sums to 1).
+
+    ``explain(name)`` words the refusal of a name that is no single token (default: ``vocab.explain_unknown``, with
+    near-match suggestions; files use a ``Hints`` budget instead). Scoring does not need this vector: ``check``
+    returns the same prediction without densifying what it did not say.
+    """
+    row = check(pred, vocab, background, tol=tol, min_rest=min_rest, explain=explain, sparse_fraction=1.0)
+    return row.full if row.full is not None else expand(row, len(vocab), background)
 
 
-@dataclass
+class PredictionRows:
+    """Validated predictions of ``n`` prompts, kept as given: named tokens plus a rest rule, or whole vectors.
+
+    Sparse rows are in CSR form: row ``i`` names ``ids[indptr[i]:indptr[i+1]]`` (sorted) with probabilities ``vals``
+    (after the min-rest scaling) and spreads ``rest[i]`` over every other token, uniformly or (``unigram[i]``) by the
+    background renormalized over the unnamed tokens. A row kept whole is ``full[full_index[i]]`` (``full_index`` is
+    -1 for sparse rows). Memory: 16 bytes per named token, 8 per vocabulary entry of a whole row.
+    """
+
+    def __init__(self, vocab_size: int, indptr: np.ndarray, ids: np.ndarray, vals: np.ndarray, rest: np.ndarray,
+                 unigram: np.ndarray, full_index: np.ndarray, full: np.ndarray,
+                 background: np.ndarray | None = None) -> None:
+        self.vocab_size, self.background = int(vocab_size), background
+        self.indptr, self.ids, self.vals = indptr, ids, vals
+        self.rest, self.unigram, self.full_index, self.full = rest, unigram, full_index, full
+
+    def __len__(self) -> int:
+        return len(self.rest)
+
+    @classmethod
+    def from_dense(cls, probs: np.ndarray, background: np.ndarray | None = None) -> PredictionRows:
+        """Whole rows only (validated distributions, shape ``(n, V)``)."""
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.ndim != 2:
+            raise ValueError(f"expected (prompts, vocabulary) probabilities, got shape {probs.shape}")
+        n = len(probs)
+        return cls(probs.shape[1], np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0),
+                   np.zeros(n), np.zeros(n, dtype=bool), np.arange(n), probs, background)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Row], vocab_size: int, background: np.ndarray | None = None,
+                  full: np.ndarray | None = None, full_index: Sequence[int] | None = None) -> PredictionRows:
+        """Rows from ``check``. Whole rows are stacked, unless ``full`` (their buffer) and ``full_index`` are given."""
+        n = len(rows)
+        sizes = np.array([0 if r.full is not None else r.ids.size for r in rows], dtype=np.int64)
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(sizes, out=indptr[1:])
+        sparse = [r for r in rows if r.full is None]
+        ids = np.concatenate([r.ids for r in sparse]) if sparse else np.zeros(0, dtype=np.int64)
+        vals = np.concatenate([r.ps for r in sparse]) if sparse else np.zeros(0)
+        if ids.size:  # sort each row's named tokens by id (one stable sort of row * V + id)
+            order = np.argsort(np.repeat(np.arange(n, dtype=np.int64), sizes) * vocab_size + ids, kind="stable")
+            ids, vals = ids[order], vals[order]
+        rest = np.array([r.rest for r in rows], dtype=np.float64)
+        unigram = np.array([r.unigram for r in rows], dtype=bool)
+        if full is None:
+            whole = [r.full for r in rows if r.full is not None]
+            full = np.stack(whole) if whole else np.zeros((0, vocab_size))
+            fi = np.full(n, -1, dtype=np.int64)
+            fi[[i for i, r in enumerate(rows) if r.full is not None]] = np.arange(len(whole))
+        else:
+            fi = np.asarray(full_index, dtype=np.int64)
+        return cls(vocab_size, indptr, ids.astype(np.int64, copy=False), vals, rest, unigram, fi, full, background)
+
+    @property
+    def is_full(self) -> np.ndarray:
+        """(n,) bool: rows kept whole."""
+        return self.full_index >= 0
+
+    def take(self, index: Sequence[int] | np.ndarray) -> PredictionRows:
+        """The rows ``index`` (a subset or a permutation); whole rows are shared, not copied."""
+        index = np.asarray(index, dtype=np.int64)
+        sizes = np.diff(self.indptr)[index]
+        indptr = np.zeros(len(index) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=indptr[1:])
+        starts = np.repeat(self.indptr[index] - indptr[:-1], sizes) + np.arange(int(indptr[-1]))
+        return PredictionRows(self.vocab_size, indptr, self.ids[starts], self.vals[starts], self.rest[index],
+                              self.unigram[index], self.full_index[index], self.full, self.background)
+
+    def row(self, i: int) -> Row:
+        """Row ``i`` as ``check`` returns it (named tokens sorted by id)."""
+        if self.full_index[i] >= 0:
+            return Row(None, None, 0.0, False, self.full[self.full_index[i]])
+        a, b = self.indptr[i], self.indptr[i + 1]
+        return Row(self.ids[a:b], self.vals[a:b], float(self.rest[i]), bool(self.unigram[i]), None)
+
+    def dense(self, start: int = 0, stop: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``start:stop`` as full distributions (float64), bit for bit what ``densify`` gives for each."""
+        stop = len(self) if stop is None else stop
+        q = np.empty((stop - start, self.vocab_size)) if out is None else out[: stop - start]
+        for j, i in enumerate(range(start, stop)):
+            expand(self.row(i), self.vocab_size, self.background, out=q[j])
+        return q
+
+    def digest(self, prefix: bytes = b"") -> str:
+        """sha256 of ``prefix`` followed by the full float64 rows in order (``prefix + dense().tobytes()``), computed
+        one row at a time."""
+        h, buf = hashlib.sha256(prefix), np.empty(self.vocab_size)
+        for i in range(len(self)):
+            h.update(self.full[self.full_index[i]].tobytes() if self.full_index[i] >= 0
+                     else expand(self.row(i), self.vocab_size, self.background, out=buf).tobytes())
+        return h.hexdigest()
+
+
 class ValidatedPredictions:
-    """A file's or predictor's predictions after validation: accepted rows in suite order, and what was not."""
+    """A file's or predictor's predictions after validation: accepted rows in suite order, and what was not.
 
-    prompt_ids: list[str]  # in the suite's order, only accepted ones
-    probs: np.ndarray  # (n, vocab) float64, rows strictly positive and summing to 1
-    errors: list[str]  # one readable message per rejected line or prompt
-    missing: list[str]  # suite prompts without an accepted prediction
+    ``rows`` keeps every prediction as given (``PredictionRows``: named tokens + rest, or whole vectors); ``probs``
+    is the ``(n, vocab)`` float64 matrix of full distributions, built on first use (and kept) for callers that want
+    it. Constructed from ``probs`` (``ValidatedPredictions(ids, probs, errors, missing)``) every row is whole.
+    """
+
+    def __init__(self, prompt_ids: list[str], probs: np.ndarray | None = None, errors: list[str] | None = None,
+                 missing: list[str] | None = None, *, rows: PredictionRows | None = None) -> None:
+        if (probs is None) == (rows is None):
+            raise ValueError("give the rows either as probs (n, vocab) or as PredictionRows")
+        self.prompt_ids = list(prompt_ids)  # in the suite's order, only accepted ones
+        self.errors = list(errors or [])  # one readable message per rejected line or prompt
+        self.missing = list(missing or [])  # suite prompts without an accepted prediction
+        self._probs = None if probs is None else np.asarray(probs, dtype=np.float64)
+        self.rows = rows if rows is not None else PredictionRows.from_dense(self._probs)
+        if len(self.rows) != len(self.prompt_ids):
+            raise ValueError(f"{len(self.prompt_ids)} prompt ids for {len(self.rows)} rows")
+
+    @property
+    def probs(self) -> np.ndarray:
+        """(n, vocab) float64, rows strictly positive and summing to 1 (whole rows in suite order are not copied)."""
+        if self._probs is None:
+            r = self.rows
+            if r.is_full.all() and np.array_equal(r.full_index, np.arange(len(r))) and len(r.full) == len(r):
+                self._probs = r.full
+            else:
+                self._probs = r.dense()
+        return self._probs
+
+    def digest(self) -> str:
+        """sha256 of the prompt ids (JSON) and the full float64 rows: ``sha256(json.dumps(prompt_ids).encode() +
+        probs.tobytes())``, computed one row at a time (the holdout ledger's identity of a submission)."""
+        return self.rows.digest(json.dumps(self.prompt_ids).encode())
+
+    def __repr__(self) -> str:
+        return (f"ValidatedPredictions({len(self.prompt_ids)} rows, {int(self.rows.is_full.sum())} whole, "
+                f"{len(self.errors)} errors, {len(self.missing)} missing)")
 
 
 class Hints:
@@ -229,10 +399,12 @@ class Hints:
 
 
 class _Validator:
-    """Checks prompt ids (unknown, duplicate) and densifies predictions one at a time, keeping only accepted rows.
+    """Checks prompt ids (unknown, duplicate) and validates predictions one at a time, keeping only accepted rows.
 
-    Rows go into one float64 buffer in arrival order, grown 1.25x at a time (``ndarray.resize``, a realloc), then put
-    in suite order in place and shrunk: the peak stays near the accepted rows' size (stacking a list needs twice it).
+    A ``top`` prediction (or a mostly-zero full vector) is kept as its named tokens and rest (``check``): 16 bytes per
+    named token, never a vocabulary-sized vector. Whole vectors go into one float64 buffer in arrival order, grown
+    1.25x at a time (``ndarray.resize``, a realloc), then put in suite order in place and shrunk: the peak stays near
+    the whole rows' size (stacking a list needs twice it).
     """
 
     def __init__(self, prompt_ids: Sequence[str], vocab: Vocabulary, background: np.ndarray | None,
@@ -240,42 +412,62 @@ class _Validator:
         self.prompt_ids, self.vocab, self.background, self.errors = list(prompt_ids), vocab, background, errors
         self.index = {pid: i for i, pid in enumerate(self.prompt_ids)}
         self.hints = Hints(vocab)
-        self.buf, self.positions = np.empty((0, len(vocab))), []  # rows, and the suite position of each
+        self.buf = np.empty((0, len(vocab)))  # whole rows, in arrival order
+        self.rows: list[Row] = []  # every accepted row (whole ones with full=None: they are in buf)
+        self.positions: list[int] = []  # the suite position of each accepted row
+        self.whole: list[int] = []  # for each whole row, its index in self.rows
 
     def add(self, line: int | None, pred: Prediction) -> None:
         at = f"line {line}: " if line is not None else ""
-        if pred.prompt_id not in self.index:
+        position = self.index.get(pred.prompt_id)
+        if position is None:
             self.errors.append(f"{at}unknown prompt_id {pred.prompt_id!r}: not in this suite split")
             return
-        if self.index[pred.prompt_id] < 0:
+        if position < 0:
             self.errors.append(f"{at}duplicate prompt_id {pred.prompt_id!r}: only the first prediction is kept")
             return
-        position, self.index[pred.prompt_id] = self.index[pred.prompt_id], -1  # -1: seen
+        self.index[pred.prompt_id] = -1  # seen
         self.hints.line = line
         try:
-            row = densify(pred, self.vocab, self.background, explain=self.hints)
+            row = check(pred, self.vocab, self.background, explain=self.hints)
         except PredictionError as e:
             self.errors.append(f"{at}{e}")
             return
-        n = len(self.positions)
-        if n == len(self.buf):  # no view of buf ever leaves this object, so a realloc is safe
-            self.buf.resize((min(len(self.index), max(8, int(n * 1.25) + 1)), self.buf.shape[1]), refcheck=False)
-        self.buf[n] = row
+        if row.full is not None:
+            n = len(self.whole)
+            if n == len(self.buf):  # no view of buf ever leaves this object, so a realloc is safe
+                self.buf.resize((min(len(self.index), max(8, int(n * 1.25) + 1)), self.buf.shape[1]), refcheck=False)
+            self.buf[n] = row.full
+            self.whole.append(len(self.rows))
+            row = row._replace(full=_WHOLE)
+        self.rows.append(row)
         self.positions.append(position)
 
     def result(self) -> ValidatedPredictions:
-        order, n = np.argsort(self.positions, kind="stable"), len(self.positions)  # new row j is old row order[j]
-        done, tmp = np.zeros(n, dtype=bool), np.empty(self.buf.shape[1])
-        for start in range(n):  # apply the permutation in place, one cycle at a time, with one row of scratch
-            if not done[start] and order[start] != start:
+        order = np.argsort(self.positions, kind="stable")  # suite-order row j is arrival row order[j]
+        w = len(self.whole)
+        # whole rows into suite order in place, one cycle at a time, with one row of scratch
+        perm = np.argsort(np.asarray(self.positions, dtype=np.int64)[self.whole], kind="stable") if w else []
+        done, tmp = np.zeros(w, dtype=bool), np.empty(self.buf.shape[1])
+        for start in range(w):
+            if not done[start] and perm[start] != start:
                 tmp[:], j = self.buf[start], start
-                while order[j] != start:
-                    self.buf[j], done[j], j = self.buf[order[j]], True, int(order[j])
+                while perm[j] != start:
+                    self.buf[j], done[j], j = self.buf[perm[j]], True, int(perm[j])
                 self.buf[j], done[j] = tmp, True
-        self.buf.resize((n, self.buf.shape[1]), refcheck=False)
+        self.buf.resize((w, self.buf.shape[1]), refcheck=False)
+        rows = [self.rows[i] for i in order]
+        is_whole = np.array([r.full is not None for r in rows], dtype=bool)
+        full_index = np.full(len(rows), -1, dtype=np.int64)
+        full_index[is_whole] = np.arange(w)
+        stored = PredictionRows.from_rows(rows, len(self.vocab), self.background, full=self.buf, full_index=full_index)
         accepted = [self.prompt_ids[i] for i in sorted(self.positions)]
         taken = set(accepted)
-        return ValidatedPredictions(accepted, self.buf, self.errors, [p for p in self.prompt_ids if p not in taken])
+        return ValidatedPredictions(accepted, errors=self.errors, missing=[p for p in self.prompt_ids if p not in taken],
+                                    rows=stored)
+
+
+_WHOLE = np.zeros(0)  # marks a row kept whole in the validator's buffer
 
 
 def _parse_line(n: int, data: bytes) -> Prediction | str | None:
