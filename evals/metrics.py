@@ -19,13 +19,19 @@ jensenshannon`` (squared, base 2) for JS, direct formulas (and enumeration of ti
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+
+from tasks.truth_stats import (
+    chunk_rows,
+    inclusion,
+    kth_structure,
+    run_chunks,
+    scratch,
+    support,
+    top_candidates,
+)
 
 LN2 = float(np.log(2.0))
 
@@ -160,9 +166,6 @@ def entropy(truth_logp: np.ndarray) -> np.ndarray:
 # row. Chunks run on a thread pool (numpy releases the GIL), one set of buffers per thread. Results equal the
 # float64 functions above to ~1e-12.
 
-CHUNK_ELEMENTS = 1 << 17  # vocabulary entries per chunk: (rows, V) float64 buffers of ~1 MiB (L2 holds a few)
-THREADS = 0  # worker threads for chunks; 0: the CPUs this process may use
-_LOCAL = threading.local()
 
 
 def metric_columns(k: int = 10, *, tv_js: bool = True) -> list[str]:
@@ -170,40 +173,6 @@ def metric_columns(k: int = 10, *, tv_js: bool = True) -> list[str]:
     cols = ["kl_nats", "kl_bits", "reverse_kl_nats", "js_bits", "tv", "brier", "top1", f"top{k}_overlap",
             "ce_realized_nats", "target_ce_realized_nats", "target_entropy_nats"]
     return cols if tv_js else [c for c in cols if c not in ("js_bits", "tv")]
-
-
-def chunk_rows(vocab_size: int) -> int:
-    """Rows per chunk for a vocabulary size: ``CHUNK_ELEMENTS`` entries, at least one row."""
-    return max(1, CHUNK_ELEMENTS // vocab_size)
-
-
-def n_threads() -> int:
-    """Worker threads for chunked kernels (``THREADS``, else the CPUs available to this process)."""
-    if THREADS:
-        return THREADS
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def run_chunks(fn: Callable[[int, int], Any], n: int, step: int) -> list[Any]:
-    """``[fn(start, stop) for each chunk]`` in order, on ``n_threads()`` threads when there is more than one chunk."""
-    bounds = [(i, min(n, i + step)) for i in range(0, n, step)]
-    workers = min(n_threads(), len(bounds))
-    if workers <= 1:
-        return [fn(a, b) for a, b in bounds]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda ab: fn(*ab), bounds))
-
-
-def scratch(rows: int, vocab_size: int, n: int) -> list[np.ndarray]:
-    """``n`` float64 scratch arrays of shape ``(rows, vocab_size)``, reused across calls in a thread."""
-    cache = getattr(_LOCAL, "scratch", None)
-    if cache is None or cache[0] != (rows, vocab_size) or len(cache[1]) < n:
-        cache = ((rows, vocab_size), [np.empty((rows, vocab_size)) for _ in range(n)])
-        _LOCAL.scratch = cache
-    return cache[1][:n]
 
 
 def rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -224,68 +193,6 @@ def check_truth(t: np.ndarray, offset: int = 0) -> bool:
     return bool(low == -np.inf)
 
 
-def block_size(vocab_size: int) -> int:
-    """A divisor of ``vocab_size`` in [64, 1024] (the largest), for block maxima; 0 if there is none."""
-    for b in range(min(1024, vocab_size), 63, -1):
-        if vocab_size % b == 0:
-            return b
-    return 0
-
-
-def top_candidates(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every entry of each row of ``x`` (shape (r, V)) that is >= the row's k-th largest value, and possibly a few
-    more, as (rows, cols, values) sorted by row, then value descending, then column. Exact and cheap: the k-th largest
-    block maximum bounds the k-th largest value from below, so only the blocks whose maximum reaches that bound are
-    searched, and only the entries above it are sorted."""
-    r, V = x.shape
-    blk = block_size(V)
-    nb = V // blk if blk else 0
-    if nb > k:
-        blocks = x.reshape(r, nb, blk)
-        bm = blocks.max(axis=2)
-        low = np.partition(bm, nb - k, axis=1)[:, nb - k]
-        brow, bidx = np.nonzero(bm >= low[:, None])
-        sub = blocks[brow, bidx]  # (selected blocks, blk)
-        i, j = np.nonzero(sub >= low[brow][:, None])
-        rows, cols = brow[i], bidx[i] * blk + j
-        vals = sub[i, j]
-    else:
-        low = np.partition(x, V - k, axis=1)[:, V - k]
-        rows, cols = np.nonzero(x >= low[:, None])
-        vals = x[rows, cols]
-    order = np.lexsort((cols, -vals, rows))
-    return rows[order], cols[order], vals[order]
-
-
-def kth_structure(cand: tuple[np.ndarray, np.ndarray, np.ndarray], r: int, k: int
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(k-th largest value, count above it, count equal to it) per row, from ``top_candidates`` for some k' >= k."""
-    rows, _, vals = cand
-    start = np.searchsorted(rows, np.arange(r))
-    theta = vals[start + k - 1]
-    g = np.bincount(rows, weights=vals > theta[rows], minlength=r)
-    e = np.bincount(rows, weights=vals == theta[rows], minlength=r)
-    return theta, g, e
-
-
-def inclusion(values: np.ndarray, theta: np.ndarray, g: np.ndarray, e: np.ndarray, k: int) -> np.ndarray:
-    """P(in the top k) of entries with ``values`` in rows whose k-th largest is ``theta`` (g above it, e equal to it),
-    under random tie-breaking: 1 above, ``(k - g) / e`` at it, 0 below."""
-    return np.where(values > theta, 1.0, np.where(values == theta, (k - g) / e, 0.0))
-
-
-def support(cand: tuple[np.ndarray, np.ndarray, np.ndarray], r: int, k: int
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CSR (indptr, ids, inclusion) of the tokens with a non-zero chance of being among each row's k largest."""
-    rows, cols, vals = cand
-    theta, g, e = kth_structure(cand, r, k)
-    keep = vals >= theta[rows]
-    rows, cols, vals = rows[keep], cols[keep], vals[keep]
-    indptr = np.zeros(r + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=r), out=indptr[1:])
-    return indptr, cols.astype(np.int64), inclusion(vals, theta[rows], g[rows], e[rows], k)
-
-
 def overlap(sup: tuple[np.ndarray, np.ndarray, np.ndarray], q_at: np.ndarray, qstruct: tuple, k: int) -> np.ndarray:
     """E|top_k(p) ∩ top_k(q)| / k: p's support (CSR), ``q_at`` the prediction at those tokens, q's k-th structure."""
     indptr, _, incl_p = sup
@@ -301,20 +208,25 @@ def _dense_chunk(t: np.ndarray, q: np.ndarray, nxt: np.ndarray, k: int, stats: A
     """All metrics of one chunk: ``t`` (r, V) truth log-probs, ``q`` (r, V) float64 predictions."""
     r, V = t.shape
     P, T, A, B = (s[:r] for s in scratch(chunk_rows(V), V, 4))
-    masked = check_truth(t, offset)
     np.copyto(T, t)
     np.exp(T, out=P)
     np.log(q, out=A)  # log q (q > 0)
-    rows_masked = np.isneginf(T).any(axis=1) if masked else None
-    if masked:
-        np.copyto(T, 0.0, where=np.isneginf(T))  # 0 log 0 = 0; reverse KL is +inf on these rows (below)
+    # q t is -inf on a token the target masks (t = -inf): reverse KL is then +inf, as it should be
     p_log_q, q_log_q, q_t = rowdot(P, A), rowdot(q, A), rowdot(q, T)
-    p_log_p = stats.p_log_p if stats is not None else rowdot(P, T)
     rkl = q_log_q - q_t
-    if masked:
-        rkl[rows_masked] = np.inf  # q > 0 on a token the target never produces
+    if stats is not None:
+        p_log_p = stats.p_log_p
+    else:
+        p_log_p = rowdot(P, T)  # NaN on rows with -inf (0 * -inf): recomputed with 0 log 0 = 0
+        redo = np.flatnonzero(np.isnan(p_log_p))
+        if redo.size:
+            t0 = np.where(np.isneginf(T[redo]), 0.0, T[redo])
+            p_log_p[redo] = np.einsum("ij,ij->i", P[redo], t0)
+    kl = p_log_p - p_log_q
+    if not np.isfinite(kl).all():  # only NaN or +inf in the truth does this (q > 0): name the row
+        check_truth(t, offset)
     np.subtract(q, P, out=B)
-    out = {"kl_nats": p_log_p - p_log_q, "reverse_kl_nats": rkl, "brier": rowdot(B, B)}
+    out = {"kl_nats": kl, "reverse_kl_nats": rkl, "brier": rowdot(B, B)}
     if tv_js:
         np.abs(B, out=B)
         out["tv"] = 0.5 * B.sum(axis=1)

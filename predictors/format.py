@@ -49,6 +49,7 @@ REST_RULES = ("uniform", "unigram")
 TOL = 1e-3
 MIN_REST = 1e-6
 SPARSE_FRACTION = 0.125  # a full vector with at most this share of non-zero entries is kept sparse
+READ_BUFFER = 1 << 20  # bytes per read of a predictions file
 HINT_LIMIT = 20  # distinct unknown names per file that get near-match suggestions
 BOM_BYTES = BOM.encode("utf-8")
 
@@ -142,15 +143,19 @@ def check(pred: Prediction, vocab: Vocabulary, background: np.ndarray | None = N
     if pred.rest == "unigram" and background is None:
         raise PredictionError(f"prompt {pid}: rest 'unigram' needs the suite's background unigram")
     if pred.probs is not None:
-        q = np.asarray(pred.probs, dtype=np.float64)
+        q = np.ascontiguousarray(pred.probs, dtype=np.float64)
         if q.shape != (V,):
             raise PredictionError(f"prompt {pid}: full vector has {q.size} entries; the target's vocabulary has {V}")
-        bad = np.flatnonzero(~np.isfinite(q) | (q < 0))
-        if bad.size:
-            raise PredictionError(f"prompt {pid}: probs[{bad[0]}] = {q[bad[0]]} is not a finite non-negative number")
         total = q.sum()
+        if not (math.isfinite(total) and q.min() >= 0):  # a finite sum means no NaN or inf entry
+            bad = np.flatnonzero(~np.isfinite(q) | (q < 0))
+            if bad.size:
+                raise PredictionError(f"prompt {pid}: probs[{bad[0]}] = {q[bad[0]]} is not a finite non-negative "
+                                      "number")
         if abs(total - 1.0) > tol:
             raise PredictionError(f"prompt {pid}: full vector sums to {total:.6f}, not 1 (tolerance {tol})")
+        if np.count_nonzero(q) == V:  # every token named: q / total (ps = q, and ps.sum() is total)
+            return Row(None, None, 0.0, False, q / total)
         named = np.flatnonzero(q > 0)
         ps = q[named]
     else:
@@ -229,6 +234,33 @@ def densify(pred: Prediction, vocab: Vocabulary, background: np.ndarray | None =
     """
     row = check(pred, vocab, background, tol=tol, min_rest=min_rest, explain=explain, sparse_fraction=1.0)
     return row.full if row.full is not None else expand(row, len(vocab), background)
+
+
+class RowBlocks:
+    """Whole rows held in a few blocks, appended without copying (a growing single buffer copies itself on every
+    realloc): row j is ``blocks[where[j, 0]][where[j, 1]]``. Indexing with an int gives that row (a view), with an
+    array of ints a new ``(len, V)`` array."""
+
+    def __init__(self, blocks: list[np.ndarray], where: np.ndarray) -> None:
+        self.blocks, self.where = blocks, np.asarray(where, dtype=np.int64).reshape(-1, 2)
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.where), self.blocks[0].shape[1] if self.blocks else 0
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            b, o = self.where[index]
+            return self.blocks[b][o]
+        index = np.asarray(index, dtype=np.int64)
+        out = np.empty((len(index), self.shape[1]))
+        for j, i in enumerate(index):
+            b, o = self.where[i]
+            out[j] = self.blocks[b][o]
+        return out
 
 
 class PredictionRows:
@@ -350,10 +382,13 @@ class ValidatedPredictions:
         """(n, vocab) float64, rows strictly positive and summing to 1 (whole rows in suite order are not copied)."""
         if self._probs is None:
             r = self.rows
-            if r.is_full.all() and np.array_equal(r.full_index, np.arange(len(r))) and len(r.full) == len(r):
+            if (isinstance(r.full, np.ndarray) and r.is_full.all() and len(r.full) == len(r)
+                    and np.array_equal(r.full_index, np.arange(len(r)))):
                 self._probs = r.full
             else:
                 self._probs = r.dense()
+                if r.is_full.all():  # keep one copy of whole rows, not two
+                    self.rows = PredictionRows.from_dense(self._probs, r.background)
         return self._probs
 
     def digest(self) -> str:
@@ -402,9 +437,9 @@ class _Validator:
     """Checks prompt ids (unknown, duplicate) and validates predictions one at a time, keeping only accepted rows.
 
     A ``top`` prediction (or a mostly-zero full vector) is kept as its named tokens and rest (``check``): 16 bytes per
-    named token, never a vocabulary-sized vector. Whole vectors go into one float64 buffer in arrival order, grown
-    1.25x at a time (``ndarray.resize``, a realloc), then put in suite order in place and shrunk: the peak stays near
-    the whole rows' size (stacking a list needs twice it).
+    named token, never a vocabulary-sized vector. Whole vectors go into float64 blocks in arrival order, each new block
+    a quarter of the capacity so far (at least 8 rows): the peak stays within 1.25x the whole rows (plus 8) and no row
+    is ever copied again (a single growing buffer copies itself on every realloc).
     """
 
     def __init__(self, prompt_ids: Sequence[str], vocab: Vocabulary, background: np.ndarray | None,
@@ -412,10 +447,11 @@ class _Validator:
         self.prompt_ids, self.vocab, self.background, self.errors = list(prompt_ids), vocab, background, errors
         self.index = {pid: i for i, pid in enumerate(self.prompt_ids)}
         self.hints = Hints(vocab)
-        self.buf = np.empty((0, len(vocab)))  # whole rows, in arrival order
-        self.rows: list[Row] = []  # every accepted row (whole ones with full=None: they are in buf)
+        self.blocks: list[np.ndarray] = []  # whole rows, in arrival order
+        self.capacity = self.used = 0  # rows in all blocks; rows used in the last block
+        self.where: list[tuple[int, int]] = []  # (block, offset) of each whole row
+        self.rows: list[Row] = []  # every accepted row (whole ones marked _WHOLE: they are in the blocks)
         self.positions: list[int] = []  # the suite position of each accepted row
-        self.whole: list[int] = []  # for each whole row, its index in self.rows
 
     def add(self, line: int | None, pred: Prediction) -> None:
         at = f"line {line}: " if line is not None else ""
@@ -434,33 +470,30 @@ class _Validator:
             self.errors.append(f"{at}{e}")
             return
         if row.full is not None:
-            n = len(self.whole)
-            if n == len(self.buf):  # no view of buf ever leaves this object, so a realloc is safe
-                self.buf.resize((min(len(self.index), max(8, int(n * 1.25) + 1)), self.buf.shape[1]), refcheck=False)
-            self.buf[n] = row.full
-            self.whole.append(len(self.rows))
+            if not self.blocks or self.used == len(self.blocks[-1]):
+                left = len(self.prompt_ids) - len(self.rows)  # prompts that may still get a row
+                size = max(1, min(left, max(8, self.capacity // 4)))
+                self.blocks.append(np.empty((size, len(self.vocab))))
+                self.capacity, self.used = self.capacity + size, 0
+            self.blocks[-1][self.used] = row.full
+            self.where.append((len(self.blocks) - 1, self.used))
+            self.used += 1
             row = row._replace(full=_WHOLE)
         self.rows.append(row)
         self.positions.append(position)
 
     def result(self) -> ValidatedPredictions:
         order = np.argsort(self.positions, kind="stable")  # suite-order row j is arrival row order[j]
-        w = len(self.whole)
-        # whole rows into suite order in place, one cycle at a time, with one row of scratch
-        perm = np.argsort(np.asarray(self.positions, dtype=np.int64)[self.whole], kind="stable") if w else []
-        done, tmp = np.zeros(w, dtype=bool), np.empty(self.buf.shape[1])
-        for start in range(w):
-            if not done[start] and perm[start] != start:
-                tmp[:], j = self.buf[start], start
-                while perm[j] != start:
-                    self.buf[j], done[j], j = self.buf[perm[j]], True, int(perm[j])
-                self.buf[j], done[j] = tmp, True
-        self.buf.resize((w, self.buf.shape[1]), refcheck=False)
+        whole_arrival = np.cumsum([r.full is not None for r in self.rows]) - 1  # arrival row -> its whole-row number
         rows = [self.rows[i] for i in order]
         is_whole = np.array([r.full is not None for r in rows], dtype=bool)
         full_index = np.full(len(rows), -1, dtype=np.int64)
-        full_index[is_whole] = np.arange(w)
-        stored = PredictionRows.from_rows(rows, len(self.vocab), self.background, full=self.buf, full_index=full_index)
+        full_index[is_whole] = whole_arrival[order[is_whole]] if len(rows) else []
+        if len(self.blocks) == 1:
+            full: Any = self.blocks[0][: len(self.where)]
+        else:
+            full = RowBlocks(self.blocks, np.array(self.where, dtype=np.int64).reshape(-1, 2))
+        stored = PredictionRows.from_rows(rows, len(self.vocab), self.background, full=full, full_index=full_index)
         accepted = [self.prompt_ids[i] for i in sorted(self.positions)]
         taken = set(accepted)
         return ValidatedPredictions(accepted, errors=self.errors, missing=[p for p in self.prompt_ids if p not in taken],
@@ -474,7 +507,7 @@ def _parse_line(n: int, data: bytes) -> Prediction | str | None:
     """One line's prediction, or the reason it is rejected, or None for a blank line."""
     if n == 1 and data.startswith(BOM_BYTES):
         data = data[len(BOM_BYTES):]
-    if not data.strip():
+    if not data or data.isspace():  # blank (isspace: no copy of a long line)
         return None
     try:
         text = data.decode("utf-8")  # strict: U+FFFD in the text is a character like any other, bad bytes are not
@@ -504,7 +537,10 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Prediction | str]]:
     Blank lines are skipped. A file that cannot be read on (a truncated ``.gz``) ends with a message for that line.
     """
     path, n = Path(path), 0
-    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+    # a 1 MiB buffer: a full-vector line is ~262 KB, and 8 KB reads made reading it cost 4x its parsing (a .gz keeps
+    # gzip's own small reads, so a truncated file still yields every line before the damage)
+    opened = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb", buffering=READ_BUFFER)
+    with opened as f:
         try:
             for n, data in enumerate(f, 1):
                 item = _parse_line(n, data)

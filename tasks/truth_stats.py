@@ -25,8 +25,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
+import os
+import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,6 @@ from .paths import sha256_file
 
 FORMAT = "logitpred-truth-stats/1"
 KS = (1, 10)  # top-k inclusion kept for these k (top-1 agreement, top-10 overlap)
-CHUNK = 16  # prompts per float64 pass: (16, 49k) float64 arrays stay in L2/L3
 PER_PROMPT = ("p_total", "p_log_p", "p_sq", "n_masked", "t_sum", "p_log_b", "b_p", "b_t")
 
 
@@ -82,67 +84,182 @@ class TruthStats:
 def topk_support(logp: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CSR (indptr, token ids, inclusion probability) of the tokens with a non-zero chance of being among each row's
     k largest under random tie-breaking: certain above the k-th largest value, ``(k - above) / equal`` at it."""
-    import torch
-
-    n, V = logp.shape
-    if not 1 <= k <= V:
-        raise ValueError(f"k must be between 1 and the vocabulary size {V}, got {k}")
-    t = torch.from_numpy(np.ascontiguousarray(logp))
-    kth = torch.topk(t, k, dim=1).values[:, k - 1 : k]
-    above, equal = t > kth, t == kth
-    g = above.sum(1, keepdim=True).to(torch.float64)
-    e = equal.sum(1, keepdim=True).to(torch.float64)
-    rows, cols = torch.nonzero(above | equal, as_tuple=True)
-    share = ((k - g) / e).squeeze(1)
-    incl = torch.where(above[rows, cols], torch.ones((), dtype=torch.float64), share[rows])
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows.numpy(), minlength=n), out=indptr[1:])
-    return indptr, cols.numpy().astype(np.int64), incl.numpy()
+    logp = np.asarray(logp)
+    if not 1 <= k <= logp.shape[1]:
+        raise ValueError(f"k must be between 1 and the vocabulary size {logp.shape[1]}, got {k}")
+    return support(top_candidates(logp, k), len(logp), k)
 
 
-def compute_stats(logp: np.ndarray, background: np.ndarray | None = None, ks: Sequence[int] = KS, *,
-                  chunk: int = CHUNK) -> TruthStats:
-    """The constants of ``logp`` (float32 ``(n, V)`` natural-log probabilities, ``-inf`` allowed), in float64."""
-    import torch
+def _stats_chunk(t: np.ndarray, b: np.ndarray | None, log_b: np.ndarray | None, ks: Sequence[int]) -> dict[str, Any]:
+    r, V = t.shape
+    P, T = (s[:r] for s in scratch(chunk_rows(V), V, 2))
+    np.copyto(T, t)
+    np.exp(T, out=P)
+    masked = np.isneginf(T)
+    n_masked = masked.sum(axis=1)
+    if n_masked.any():
+        T[masked] = 0.0  # 0 log 0 = 0
+    out = {"p_total": P.sum(axis=1), "p_log_p": np.einsum("ij,ij->i", P, T), "p_sq": np.einsum("ij,ij->i", P, P),
+           "n_masked": n_masked, "t_sum": T.sum(axis=1)}
+    if b is not None:
+        if (b > 0).all():  # einsum, not BLAS: a threaded gemv spins against the chunk threads
+            out["p_log_b"] = np.einsum("ij,j->i", P, log_b)
+        else:
+            with np.errstate(invalid="ignore"):
+                out["p_log_b"] = np.where(P > 0, P * log_b, 0.0).sum(axis=1)
+        out["b_p"], out["b_t"] = np.einsum("ij,j->i", P, b), np.einsum("ij,j->i", T, b)
+    cand = top_candidates(t, max(ks))
+    out["topk"] = {k: support(cand, r, k) for k in ks}
+    return out
 
+
+def compute_stats(logp: np.ndarray, background: np.ndarray | None = None, ks: Sequence[int] = KS) -> TruthStats:
+    """The constants of ``logp`` (float32 or float64 ``(n, V)`` natural-log probabilities, ``-inf`` allowed), in
+    float64: one pass in cache-sized chunks on a thread pool."""
     logp = np.asarray(logp)
     n, V = logp.shape
-    out = {name: np.zeros(n) for name in PER_PROMPT}
-    out["n_masked"] = np.zeros(n, dtype=np.int64)
+    ks = sorted(set(ks))
+    for k in ks:
+        if not 1 <= k <= V:
+            raise ValueError(f"k must be between 1 and the vocabulary size {V}, got {k}")
     b = log_b = None
     if background is not None:
-        b = torch.from_numpy(np.ascontiguousarray(background, dtype=np.float64))
+        b = np.ascontiguousarray(background, dtype=np.float64)
         if b.shape != (V,):
-            raise ValueError(f"background has shape {tuple(b.shape)}, the truth's vocabulary {V}")
+            raise ValueError(f"background has shape {b.shape}, the truth's vocabulary {V}")
         with np.errstate(divide="ignore"):
-            log_b = torch.log(b)
-    zero = torch.zeros((), dtype=torch.float64)
-    with torch.inference_mode():
-        for i in range(0, n, chunk):
-            t = torch.from_numpy(logp[i : i + chunk]).to(torch.float64)
-            masked = torch.isneginf(t)
-            p = torch.exp(t)
-            t0 = t.masked_fill(masked, 0.0)
-            s = slice(i, i + len(t))
-            out["p_total"][s] = p.sum(1).numpy()
-            out["p_log_p"][s] = (p * t0).sum(1).numpy()
-            out["p_sq"][s] = (p * p).sum(1).numpy()
-            out["n_masked"][s] = masked.sum(1).numpy()
-            out["t_sum"][s] = t0.sum(1).numpy()
-            if b is not None:
-                plb = torch.where(p > 0, p * log_b, zero) if bool((b <= 0).any()) else p @ log_b
-                out["p_log_b"][s] = (plb.sum(1) if plb.ndim == 2 else plb).numpy()
-                out["b_p"][s] = (p @ b).numpy()
-                out["b_t"][s] = (t0 @ b).numpy()
-    stats = TruthStats(V, **{k: v for k, v in out.items() if k in PER_PROMPT[:5]},
-                       topk={k: topk_support(logp, k) for k in sorted(set(ks))})
+            log_b = np.log(b)
+    parts = run_chunks(lambda a, z: _stats_chunk(logp[a:z], b, log_b, ks), n, chunk_rows(V))
+    cols = {name: np.concatenate([p[name] for p in parts]) if parts else np.zeros(0)
+            for name in PER_PROMPT if b is not None or name not in ("p_log_b", "b_p", "b_t")}
+    topk = {}
+    for k in ks:
+        sizes = np.concatenate([np.diff(p["topk"][k][0]) for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(sizes, out=indptr[1:])
+        topk[k] = (indptr, np.concatenate([p["topk"][k][1] for p in parts]) if parts else np.zeros(0, dtype=np.int64),
+                   np.concatenate([p["topk"][k][2] for p in parts]) if parts else np.zeros(0))
+    stats = TruthStats(V, **cols, topk=topk)
     if b is not None:
-        bn = b.numpy()
-        stats.p_log_b, stats.b_p, stats.b_t = out["p_log_b"], out["b_p"], out["b_t"]
-        stats.b_sum, stats.b_sq = float(bn.sum()), float((bn * bn).sum())
+        stats.b_sum, stats.b_sq = float(b.sum()), float((b * b).sum())
         with np.errstate(divide="ignore", invalid="ignore"):
-            stats.b_log_b = float(np.where(bn > 0, bn * np.log(bn), 0.0).sum())
+            stats.b_log_b = float(np.where(b > 0, b * np.log(b), 0.0).sum())
     return stats
+
+
+# --- chunked kernels: threads, scratch buffers, top-k candidates (shared with evals.metrics and evals.sparse) ------
+CHUNK_ELEMENTS = 1 << 17  # vocabulary entries per chunk: (rows, V) float64 buffers of ~1 MiB (L2 holds a few)
+THREADS = 0  # worker threads for chunks; 0: the CPUs this process may use
+_LOCAL = threading.local()
+
+
+def chunk_rows(vocab_size: int) -> int:
+    """Rows per chunk for a vocabulary size: ``CHUNK_ELEMENTS`` entries, at least one row."""
+    return max(1, CHUNK_ELEMENTS // vocab_size)
+
+
+def n_threads() -> int:
+    """Worker threads for chunked kernels (``THREADS``, else the CPUs available to this process)."""
+    if THREADS:
+        return THREADS
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def run_chunks(fn: Callable[[int, int], Any], n: int, step: int) -> list[Any]:
+    """``[fn(start, stop) for each chunk]`` in order, on ``n_threads()`` threads when there is more than one chunk."""
+    bounds = [(i, min(n, i + step)) for i in range(0, n, step)]
+    workers = min(n_threads(), len(bounds))
+    if workers <= 1:
+        return [fn(a, b) for a, b in bounds]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda ab: fn(*ab), bounds))
+
+
+def scratch(rows: int, vocab_size: int, n: int, dtype: Any = np.float64) -> list[np.ndarray]:
+    """``n`` scratch arrays of shape ``(rows, vocab_size)`` (float64 or float32), reused across calls in a thread."""
+    caches = getattr(_LOCAL, "scratch", None)
+    if caches is None:
+        caches = _LOCAL.scratch = {}
+    key = np.dtype(dtype).str
+    cache = caches.get(key)
+    if cache is None or cache[0] != (rows, vocab_size) or len(cache[1]) < n:
+        cache = caches[key] = ((rows, vocab_size), [np.empty((rows, vocab_size), dtype=dtype) for _ in range(n)])
+    return cache[1][:n]
+
+
+def rowsum(x: np.ndarray) -> np.ndarray:
+    """Row sums of a contiguous (r, V) array in float64: a float32 array is summed in float32 over blocks of
+    ``block_size(V)`` entries (numpy's pairwise summation), and the blocks in float64."""
+    r, V = x.shape
+    blk = block_size(V)
+    if x.dtype == np.float32 and blk:
+        return x.reshape(r, V // blk, blk).sum(axis=2).sum(axis=1, dtype=np.float64)
+    return x.sum(axis=1, dtype=np.float64)
+
+
+def block_size(vocab_size: int) -> int:
+    """A divisor of ``vocab_size`` in [64, 1024] (the largest), for block maxima; 0 if there is none."""
+    for b in range(min(1024, vocab_size), 63, -1):
+        if vocab_size % b == 0:
+            return b
+    return 0
+
+
+def top_candidates(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every entry of each row of ``x`` (shape (r, V)) that is >= the row's k-th largest value, and possibly a few
+    more, as (rows, cols, values) sorted by row, then value descending, then column. Exact and cheap: the k-th largest
+    block maximum bounds the k-th largest value from below, so only the blocks whose maximum reaches that bound are
+    searched, and only the entries above it are sorted."""
+    r, V = x.shape
+    blk = block_size(V)
+    nb = V // blk if blk else 0
+    if nb > k:
+        blocks = x.reshape(r, nb, blk)
+        bm = blocks.max(axis=2)
+        low = np.partition(bm, nb - k, axis=1)[:, nb - k]
+        brow, bidx = np.nonzero(bm >= low[:, None])
+        sub = blocks[brow, bidx]  # (selected blocks, blk)
+        i, j = np.nonzero(sub >= low[brow][:, None])
+        rows, cols = brow[i], bidx[i] * blk + j
+        vals = sub[i, j]
+    else:
+        low = np.partition(x, V - k, axis=1)[:, V - k]
+        rows, cols = np.nonzero(x >= low[:, None])
+        vals = x[rows, cols]
+    order = np.lexsort((cols, -vals, rows))
+    return rows[order], cols[order], vals[order]
+
+
+def kth_structure(cand: tuple[np.ndarray, np.ndarray, np.ndarray], r: int, k: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(k-th largest value, count above it, count equal to it) per row, from ``top_candidates`` for some k' >= k."""
+    rows, _, vals = cand
+    start = np.searchsorted(rows, np.arange(r))
+    theta = vals[start + k - 1]
+    g = np.bincount(rows, weights=vals > theta[rows], minlength=r)
+    e = np.bincount(rows, weights=vals == theta[rows], minlength=r)
+    return theta, g, e
+
+
+def inclusion(values: np.ndarray, theta: np.ndarray, g: np.ndarray, e: np.ndarray, k: int) -> np.ndarray:
+    """P(in the top k) of entries with ``values`` in rows whose k-th largest is ``theta`` (g above it, e equal to it),
+    under random tie-breaking: 1 above, ``(k - g) / e`` at it, 0 below."""
+    return np.where(values > theta, 1.0, np.where(values == theta, (k - g) / e, 0.0))
+
+
+def support(cand: tuple[np.ndarray, np.ndarray, np.ndarray], r: int, k: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR (indptr, ids, inclusion) of the tokens with a non-zero chance of being among each row's k largest."""
+    rows, cols, vals = cand
+    theta, g, e = kth_structure(cand, r, k)
+    keep = vals >= theta[rows]
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    indptr = np.zeros(r + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=r), out=indptr[1:])
+    return indptr, cols.astype(np.int64), inclusion(vals, theta[rows], g[rows], e[rows], k)
 
 
 # --- cache --------------------------------------------------------------------------------------------------------
