@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .corpora import Document, read_corpus, split_documents
+from .corpora import BUILTIN, Document, read_corpus, split_documents
 from .tokens import encode_text, special_ids
 from .truth import SPLITS, SuiteError
 
@@ -84,6 +84,17 @@ def _cut(w: Window, ids: Sequence[int], tokenizer: Any, seed: int, min_context: 
     return None
 
 
+def corpus_key(corpus: str, docs: Sequence[Document]) -> str:
+    """What seeds the order of a corpus's sources: a built-in corpus's name, else a hash of its documents (ids and
+    text), so the same corpus gives the same suite wherever its file lies (the path is not part of it)."""
+    if corpus in BUILTIN:
+        return corpus
+    h = hashlib.sha256()
+    for d in sorted(docs, key=lambda d: d.id):
+        h.update(f"{len(d.id)}:{d.id}{len(d.text)}:{d.text}".encode())
+    return "sha256:" + h.hexdigest()[:16]
+
+
 def prompt_rows(config: Any, tokenizer: Any, *, docs: list[Document] | None = None,
                 on_progress: Callable[[int, int], None] | None = None, context: int | None = None,
                 n_bos: int = 0) -> dict[str, list[dict[str, Any]]]:
@@ -107,7 +118,7 @@ def prompt_rows(config: Any, tokenizer: Any, *, docs: list[Document] | None = No
         else:
             groups[d.source].append(d)
     sources = sorted(groups)
-    random.Random(f"logitpred-suite:{config.seed}:{config.corpus}").shuffle(sources)
+    random.Random(f"logitpred-suite:{config.seed}:{corpus_key(config.corpus, docs)}").shuffle(sources)
     if config.max_docs:
         sources = sources[: config.max_docs]
     passages = [d for s in sources for d in groups[s]]
