@@ -33,6 +33,7 @@ def main() -> None:
     from predictors.crosstok import TokenMap
     from predictors.model import MODEL_PREDICTORS, helper_logprobs, load_helper, resolve_helper_path
     from tasks import load_suite
+    from tasks.tokens import encode_text
 
     suite = load_suite(args.suite)
     prompts = suite.prompts("practice")[: args.n]
@@ -43,7 +44,7 @@ def main() -> None:
     print(f"helper {helper.identity['name']} ({helper.identity['id']}), loaded in {time.perf_counter() - t:.1f} s; "
           f"torch threads {torch.get_num_threads()}; {len(prompts)} prompts of {args.suite}/practice")
     texts = [p.text for p in prompts]
-    ids = helper.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ids = encode_text(helper.tokenizer, texts)
     ntok = sum(len(x) + len(helper.bos_ids) for x in ids)
 
     helper_logprobs(helper, texts[:2], token_ids=ids[:2], batch_size=2)  # warm-up

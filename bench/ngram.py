@@ -55,6 +55,7 @@ def main() -> None:
     from predictors.ngram import NGramModel, build_tables
     from predictors.suffix import build_suffix_array
     from tasks import load_suite, read_corpus, split_documents
+    from tasks.tokens import encode_text
 
     suite = load_suite(args.suite)
     ctx = PredictorContext.from_suite(suite)
@@ -66,7 +67,7 @@ def main() -> None:
     texts = [d.text for d in train[: args.docs]]
     mb = sum(len(t.encode()) for t in texts) / 1e6
     tok = ctx.tokenizer()
-    ids, t_tok = timed(lambda: tok(texts, add_special_tokens=False)["input_ids"])
+    ids, t_tok = timed(lambda: encode_text(tok, texts))
     tokens = np.array([t for d in ids for t in d], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum([len(d) for d in ids])]).astype(np.int64)
     print(f"\nsmall corpus: {len(texts)} wiki train documents, {mb * 1e3:.0f} KB, {tokens.size} tokens "
