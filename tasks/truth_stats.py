@@ -247,7 +247,8 @@ def kth_structure(cand: tuple[np.ndarray, np.ndarray, np.ndarray], r: int, k: in
 def inclusion(values: np.ndarray, theta: np.ndarray, g: np.ndarray, e: np.ndarray, k: int) -> np.ndarray:
     """P(in the top k) of entries with ``values`` in rows whose k-th largest is ``theta`` (g above it, e equal to it),
     under random tie-breaking: 1 above, ``(k - g) / e`` at it, 0 below."""
-    return np.where(values > theta, 1.0, np.where(values == theta, (k - g) / e, 0.0))
+    share = np.divide(k - g, e, out=np.zeros(np.shape(e)), where=np.asarray(e) > 0)
+    return np.where(values > theta, 1.0, np.where(values == theta, share, 0.0))
 
 
 def support(cand: tuple[np.ndarray, np.ndarray, np.ndarray], r: int, k: int

@@ -148,3 +148,62 @@ def test_tie_breaking_matches_enumeration():
             scores.append(len(set(top_p) & set(top_q)) / k)
     got = M.topk_overlap_score(np.log(p)[None], q[None], k=k)[0]
     assert got == pytest.approx(np.mean(scores), abs=1e-12)
+
+
+# --- the dense path: per_prompt_metrics (chunked float64 kernels on a thread pool) against the functions above -------
+def _reference_columns(t, q, ids, k=10):
+    kl = M.kl_divergence(t, q)
+    rows = np.arange(len(q))
+    return {"kl_nats": kl, "kl_bits": kl / np.log(2), "reverse_kl_nats": M.reverse_kl_divergence(t, q),
+            "js_bits": M.js_divergence(t, q), "tv": M.total_variation_distance(t, q), "brier": M.brier_score_loss(t, q),
+            "top1": M.top1_agreement_score(t, q), f"top{k}_overlap": M.topk_overlap_score(t, q, k=k),
+            "ce_realized_nats": M.cross_entropy_loss(q, ids), "target_ce_realized_nats": -t[rows, ids].astype(float),
+            "target_entropy_nats": M.entropy(t)}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dense_path_equals_the_float64_functions(threads, monkeypatch):
+    """float32 truth (as stored) over a 4,096-token vocabulary, 37 rows (chunks of 32 rows and a remainder), with
+    masked tokens, ties at the top of the truth and a prediction that is flat: every column to 1e-9."""
+    import tasks.truth_stats as TS
+
+    monkeypatch.setattr(TS, "THREADS", threads)
+    rng = np.random.default_rng(11)
+    V = 4096
+    t = log_softmax(rng.normal(size=(37, V)) * rng.uniform(0.5, 5, size=(37, 1)), axis=1)
+    t[3, :100] = -np.inf
+    t[4, [7, 70, 700]] = t[4].max() + 2  # three-way tie at the top
+    t = log_softmax(t, axis=1).astype(np.float32)
+    q = np.exp(log_softmax(rng.normal(size=(37, V)) * 2, axis=1))
+    q[5] = 1 / V  # flat: ties everywhere
+    q[6, [1, 2, 3]] = q[6].max()  # ties at the top of the prediction
+    q /= q.sum(axis=1, keepdims=True)
+    ids = rng.integers(0, V, size=37)
+    got = M.per_prompt_metrics(t, q, ids)
+    ref = _reference_columns(t, q, ids)
+    assert list(got) == list(ref) == M.metric_columns(10)
+    for col in ref:
+        both_inf = np.isinf(got[col]) & (got[col] == ref[col])
+        with np.errstate(invalid="ignore"):
+            diff = np.where(both_inf, 0.0, np.abs(got[col] - ref[col]))
+        assert diff.max() <= 1e-9, (col, diff.max())
+    assert got["reverse_kl_nats"][3] == np.inf and np.isfinite(got["kl_nats"][3])
+    assert got["top1"][5] == pytest.approx(1 / V)
+    no_tvjs = M.per_prompt_metrics(t, q, ids, tv_js=False)
+    assert "tv" not in no_tvjs and "js_bits" not in no_tvjs
+    np.testing.assert_array_equal(no_tvjs["kl_nats"], got["kl_nats"])
+
+
+def test_top_candidates_give_topk_inclusion_exactly():
+    """The k-th largest value from block maxima and candidates equals a full partition, ties included."""
+    from tasks.truth_stats import support, top_candidates
+
+    rng = np.random.default_rng(2)
+    x = np.round(rng.normal(size=(20, 1024)), 1)  # many ties
+    x[0] = 0.5  # all equal
+    x[1, :5] = 9.0  # a tie straddling k = 3
+    for k in (1, 3, 10, 64):
+        indptr, ids, incl = support(top_candidates(x, k), len(x), k)
+        dense = np.zeros_like(x)
+        dense[np.repeat(np.arange(len(x)), np.diff(indptr)), ids] = incl
+        np.testing.assert_allclose(dense, M.topk_inclusion(x, k), rtol=0, atol=1e-15)

@@ -1,5 +1,7 @@
 """Scoring files as a stream: a hostile real file through load_file and score, peak memory bounded by the accepted
-rows (tracemalloc, not timing), and a bounded number of near-match searches for a file full of unknown names."""
+rows as given (named tokens, not vocabulary-sized vectors; whole vectors for full-vector lines) (tracemalloc, not
+timing), a bounded number of near-match searches for a file full of unknown names, and ``score`` (sparse rows against
+the cached truth constants) equal to the dense path on the same predictions."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ def test_load_file_streams_a_hostile_file_and_scores_in_suite_order(tiny_suite, 
                           "file as UTF-8"]
     assert out.prompt_ids == ids and out.missing == []
     expected = np.stack([densify(preds[pid], vocab, bg) for pid in ids])
+    assert not out.rows.is_full.any()  # kept as named tokens + rest
     np.testing.assert_array_equal(out.probs, expected)
     assert out.probs[0, 10003] == 0.2 and out.probs[1, 28532] == 0.3
     scored = score(tiny_suite, "practice", out, predictor={"name": "stream"}, write=False)
@@ -52,8 +55,9 @@ def unique_names(tiny_suite) -> list[str]:
     return [t for i, t in enumerate(vocab.text) if vocab.lookup(t) == i]
 
 
-def test_peak_memory_of_a_20_mb_file_is_the_accepted_rows(tiny_suite, unique_names, tmp_path):
-    """100 accepted rows of 49,152 float64 (39.3 MB); the file (21 MiB, 900 lines of 1,300 names each) is never held."""
+def test_peak_memory_of_a_20_mb_file_is_the_named_tokens(tiny_suite, unique_names, tmp_path):
+    """100 accepted rows of 1,300 named tokens (2.1 MB as given; 39.3 MB as float64 vectors); the file (21 MiB, 900
+    lines of 1,300 names each) is never held, and no row is densified."""
     vocab, rng, k = tiny_suite.vocabulary, random.Random(0), 1300
     ids = [f"p{i:03d}" for i in range(200)]
     path = tmp_path / "big.jsonl"
@@ -69,10 +73,66 @@ def test_peak_memory_of_a_20_mb_file_is_the_accepted_rows(tiny_suite, unique_nam
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    rows = out.probs.nbytes
-    assert out.prompt_ids == ids[:100] and rows == 100 * len(vocab) * 8
+    kept = out.rows.ids.nbytes + out.rows.vals.nbytes
+    assert out.prompt_ids == ids[:100] and kept == 100 * k * 16 and not out.rows.is_full.any()
     assert len(out.errors) == 800 and out.errors[0].startswith("line 101: prompt p100: 'top' probabilities sum to 1.3")
-    assert peak <= 1.25 * rows + 8 * MB, f"peak {peak / MB:.1f} MiB for {rows / MB:.1f} MiB of rows ({size / MB:.0f} MiB file)"
+    assert peak <= kept + 8 * MB, f"peak {peak / MB:.1f} MiB for {kept / MB:.1f} MiB of rows ({size / MB:.0f} MiB file)"
+    assert out.probs.nbytes == 100 * len(vocab) * 8  # densified only on request
+
+
+def test_peak_memory_of_full_vector_lines_is_the_accepted_rows(tiny_suite, tmp_path):
+    """60 accepted full vectors (23.6 MB as float64) in blocks that never copy themselves: peak within 1.25x + 8 MB."""
+    import base64
+
+    vocab, V = tiny_suite.vocabulary, len(tiny_suite.vocabulary)
+    rng = np.random.default_rng(0)
+    ids = [f"p{i:03d}" for i in range(100)]
+    path = tmp_path / "full.jsonl"
+    rows = []
+    with open(path, "w") as f:
+        for n in range(60):
+            q = rng.random(V).astype("<f4")
+            q /= q.sum(dtype=np.float64)
+            rows.append(q)
+            f.write(json.dumps({"prompt_id": ids[59 - n], "probs_b64": base64.b64encode(q.tobytes()).decode()}) + "\n")
+    tracemalloc.start()
+    try:
+        out = validate_file(path, ids, vocab)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    whole = 60 * V * 8
+    assert out.prompt_ids == ids[:60] and out.rows.is_full.all()
+    assert peak <= 1.25 * whole + 8 * MB, f"peak {peak / MB:.1f} MiB for {whole / MB:.1f} MiB of rows"
+    expected = np.stack([densify(Prediction(ids[59 - n], probs=rows[n]), vocab) for n in range(60)][::-1])
+    np.testing.assert_array_equal(out.probs, expected)
+
+
+def test_score_equals_the_dense_path_and_keeps_the_ledger_digest(tiny_suite):
+    """``score`` (sparse rows in O(named tokens), truth constants cached beside the truth) gives the dense path's
+    values on the same predictions: 1e-9 for the decomposing metrics, 1e-6 for TV and JS (float32 bulk pass); the
+    holdout digest is today's sha256 over the ids and the full float64 rows."""
+    import hashlib
+
+    from evals.scoring import score_matrix
+
+    vocab, bg = tiny_suite.vocabulary, tiny_suite.background
+    ids, logp, nxt = tiny_suite.truth_split("practice")
+    rng = np.random.default_rng(5)
+    preds = []
+    for i, pid in enumerate(ids):
+        top = [[int(t), 0.1] for t in np.argsort(-logp[i])[: i + 1]]  # the target's own top tokens
+        preds.append(Prediction(pid, top + [[int(rng.integers(0, len(vocab))), 0.05]], "unigram" if i % 2 else "uniform"))
+    preds[-1] = Prediction(ids[-1], probs=np.exp(logp[0].astype(np.float64)) / np.exp(logp[0].astype(np.float64)).sum())
+    checked = validate([(None, p) for p in preds], ids, vocab, bg)
+    assert list(checked.rows.is_full) == [False] * (len(ids) - 1) + [True]
+    got = score(tiny_suite, "practice", checked, predictor={"name": "sparse-vs-dense"}, write=False).per_prompt
+    dense = score_matrix(logp, checked.probs, nxt)
+    for col in dense.columns:
+        tol = 1e-6 if col in ("tv", "js_bits") else 1e-9
+        np.testing.assert_allclose(got[col], dense[col], rtol=0, atol=tol, err_msg=col)
+    assert (tiny_suite.truth_dir / "stats-practice.json").is_file()
+    assert checked.digest() == hashlib.sha256(json.dumps(ids).encode() + checked.probs.tobytes()).hexdigest()
 
 
 def test_a_file_of_unknown_names_does_at_most_hint_limit_near_match_searches(tiny_suite, tmp_path):
