@@ -104,9 +104,14 @@ def take_prediction(handle: str) -> Prediction | None:
 def summarize(pred: Prediction, vocab: Any, k: int = SUMMARY_TOP) -> list[list[Any]]:
     """The ``k`` most probable named candidates as ``[token text, p]`` pairs (for people reading the log)."""
     if pred.probs is not None:
+        from tasks.truth_stats import top_candidates
+
         q = np.asarray(pred.probs, dtype=np.float64)
-        top = np.argsort(-q, kind="stable")[:k]
-        return [[vocab.text[int(t)], round(float(q[t]), 6)] for t in top]
+        if q.ndim != 1 or q.size == 0:
+            return []
+        # the k largest, ties by id (as a stable argsort would give them), without sorting 49k entries (~2 ms)
+        _, top, _ = top_candidates(q[None], min(k, q.size))
+        return [[vocab.text[int(t)], round(float(q[t]), 6)] for t in top[:k]]
     pairs = list(pred.top.items()) if isinstance(pred.top, dict) else list(pred.top)
     pairs.sort(key=lambda cp: -float(cp[1]))
     return [[vocab.text[c] if isinstance(c, int) else c, round(float(p), 6)] for c, p in pairs[:k]]

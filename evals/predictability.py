@@ -5,7 +5,8 @@ One sample per prompt: a system message naming the suite (``logitpred suite=wiki
 message; the sample's ``target`` is empty. The truth is read only here, by the scorer, on the harness side: it never
 enters a sample, a message or anything the model (a predictor behind ``evals.inspect_provider``) receives.
 
-The scorer computes the foundation metrics (``evals.metrics.per_prompt_metrics``, the same code as ``logitpred score``)
+The scorer computes the foundation metrics (``evals.sparse.score_rows``, the same code as ``logitpred score``: a top +
+rest prediction in O(named tokens) against the split's cached truth constants, a full vector on the dense kernels)
 for each sample and returns them as a dict value; inspect aggregates every key with ``mean`` and ``stderr``, and
 ``ci95`` adds the percentile bootstrap interval of ``evals.stats``. Per-sample logs keep these per-prompt
 scalars and the top-10 candidates of the prediction, never a distribution of the target or its realized token (on
@@ -44,10 +45,11 @@ from inspect_ai.solver import Generate, Solver, TaskState, generate, solver
 
 from evals import holdout
 from evals.inspect_provider import approval_of, model_label, system_message, take_prediction
-from evals.metrics import per_prompt_metrics
+from evals.sparse import score_rows
 from evals.stats import bootstrap_ci
-from predictors.format import PredictionError, densify
+from predictors.format import PredictionError, PredictionRows, check
 from tasks import load_suite
+from tasks.truth_stats import truth_stats
 
 # The target's log-probability of a sealed realized token is itself sealed truth (and with the logged top candidates
 # the realized-token loss would name the token): sealed logs leave both out; ``logitpred score`` keeps them harness-side.
@@ -78,6 +80,7 @@ def next_token_metrics(suite: str, split: str) -> Scorer:
     ids, logp, nxt = s.truth_split(split)
     row = {pid: i for i, pid in enumerate(ids)}
     vocab, background = s.vocabulary, s.background
+    stats = truth_stats(s, split)  # per-prompt truth constants, cached beside the truth: sparse predictions in O(named)
 
     async def score(state: TaskState, target: Target) -> Score:
         meta = (state.output.metadata or {}).get("logitpred") if state.output else None
@@ -88,11 +91,12 @@ def next_token_metrics(suite: str, split: str) -> Scorer:
         if pred is None:
             return Score.unscored(explanation="prediction not in this process (old log?): rerun the eval")
         try:
-            q = densify(pred, vocab, background)
+            checked = check(pred, vocab, background)  # validated as given: named tokens + rest, or a whole vector
         except PredictionError as e:
             return Score.unscored(explanation=f"invalid prediction: {e}")
         i = row[str(state.sample_id)]
-        m = per_prompt_metrics(logp[i : i + 1], q[None, :], nxt[i : i + 1])
+        m = score_rows(PredictionRows.from_rows([checked], len(vocab), background), logp, nxt, stats,
+                       truth_rows=np.array([i]))
         value = {k: float(v[0]) for k, v in m.items() if not (split == "sealed" and k in SEALED_OMIT)}
         top = meta.get("top") or [[""]]
         approval = meta.get("approval")

@@ -110,8 +110,8 @@ def test_peak_memory_of_full_vector_lines_is_the_accepted_rows(tiny_suite, tmp_p
 
 def test_score_equals_the_dense_path_and_keeps_the_ledger_digest(tiny_suite):
     """``score`` (sparse rows in O(named tokens), truth constants cached beside the truth) gives the dense path's
-    values on the same predictions: 1e-9 for the decomposing metrics, 1e-6 for TV and JS (float32 bulk pass); the
-    holdout digest is today's sha256 over the ids and the full float64 rows."""
+    values on the same predictions, every column to 1e-9; the holdout digest is today's sha256 over the ids and the
+    full float64 rows."""
     import hashlib
 
     from evals.scoring import score_matrix
@@ -129,8 +129,7 @@ def test_score_equals_the_dense_path_and_keeps_the_ledger_digest(tiny_suite):
     got = score(tiny_suite, "practice", checked, predictor={"name": "sparse-vs-dense"}, write=False).per_prompt
     dense = score_matrix(logp, checked.probs, nxt)
     for col in dense.columns:
-        tol = 1e-6 if col in ("tv", "js_bits") else 1e-9
-        np.testing.assert_allclose(got[col], dense[col], rtol=0, atol=tol, err_msg=col)
+        np.testing.assert_allclose(got[col], dense[col], rtol=0, atol=1e-9, err_msg=col)
     assert (tiny_suite.truth_dir / "stats-practice.json").is_file()
     assert checked.digest() == hashlib.sha256(json.dumps(ids).encode() + checked.probs.tobytes()).hexdigest()
 

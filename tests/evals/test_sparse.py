@@ -1,7 +1,7 @@
 """Sparse scoring (named tokens + rest, in O(named)) against the dense float64 path (``evals.metrics``' reference
-functions on ``densify``'s vectors): equal to 1e-9 on random and edge-case predictions; total variation and
-Jensen-Shannon (the float32 bulk pass) to 1e-6, and to 1e-9 on float64 truth. Plus the truth constants and their
-cache, and the validated rows' exact dense form and digest."""
+functions on ``densify``'s vectors): every metric equal to 1e-9 on random and edge-case predictions, on float32 and
+float64 truth; with the float32 bulk pass for total variation and Jensen-Shannon, those two to 1e-6. Plus the truth
+constants and their cache, and the validated rows' exact dense form and digest."""
 
 from __future__ import annotations
 
@@ -123,8 +123,8 @@ def rows_for(preds: list[Prediction], vocab: Vocabulary, bg: np.ndarray) -> Pred
     return PredictionRows.from_rows([check(p, vocab, bg) for p in preds], V, bg)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_sparse_equals_dense_on_random_and_edge_predictions(truth, vocab, background, dtype):
+@pytest.mark.parametrize("dtype, float32_bulk", [(np.float32, False), (np.float64, False), (np.float32, True)])
+def test_sparse_equals_dense_on_random_and_edge_predictions(truth, vocab, background, dtype, float32_bulk):
     rng = np.random.default_rng(0)
     t = truth.astype(dtype)
     preds = make_predictions(truth, rng)
@@ -137,10 +137,10 @@ def test_sparse_equals_dense_on_random_and_edge_predictions(truth, vocab, backgr
     q = np.stack([densify(p, vocab, background) for p in preds])
     np.testing.assert_array_equal(rows.dense(), q)  # the stored form expands to densify's vectors, bit for bit
     stats = compute_stats(t, background, (1, 10))
-    got = score_rows(rows, t, nxt, stats, truth_rows=tr)
+    got = score_rows(rows, t, nxt, stats, truth_rows=tr, tv_js_float32=float32_bulk)
     ref = reference(t[tr], q, nxt[tr])
     assert list(got) == M.metric_columns(10)
-    assert_agree(got, ref, tol_bulk=1e-6 if dtype == np.float32 else 1e-9)
+    assert_agree(got, ref, tol_bulk=1e-6 if float32_bulk else 1e-9)
     # the edge cases behave as the format says
     by_id = {p.prompt_id: j for j, p in enumerate(preds)}
     masked_row = 30
