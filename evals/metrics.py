@@ -15,6 +15,11 @@ distributions, independently), so a flat prediction scores 1/V at top-1 and k/V 
 
 References (checked in ``tests/evals/test_metrics.py``): ``scipy.stats.entropy`` for KL, ``scipy.spatial.distance.
 jensenshannon`` (squared, base 2) for JS, direct formulas (and enumeration of tie-breaks) for the rest.
+
+Two paths compute them at scale. ``per_prompt_metrics`` (below) is the dense path: every column of a batch in one pass
+per cache-sized chunk of rows, on a thread pool, equal to the per-metric functions to ~1e-12. ``evals.sparse`` scores
+predictions as given (named tokens + rest) in O(named tokens) from per-prompt truth constants (``tasks.truth_stats``),
+and whole vectors with the dense path's kernel.
 """
 
 from __future__ import annotations

@@ -13,17 +13,23 @@ A prediction for one prompt is a JSON object (one per line in a ``.jsonl`` file)
 - Or a full vector: ``"probs": [...]`` (vocabulary-sized list) or ``"probs_b64"`` (base64 of little-endian float32),
   which must sum to 1 within ``tol``.
 
-Validation turns every prediction into a full, strictly positive float64 vector, so every metric is finite:
+Validation defines every prediction as a full, strictly positive distribution, so every metric is finite:
 - the named mass may not exceed 1 by more than ``tol`` (1e-3); NaN, inf, negatives and unknown tokens are rejected;
 - at least ``min_rest`` (1e-6) is left for the rest: if the named mass leaves less, the named probabilities are scaled
   by ``(1 - min_rest) / sum`` (documented, not silent: it changes probabilities by at most ``tol + min_rest``);
 - a full vector's zero entries are treated as unnamed tokens and share ``min_rest`` by the rest rule.
 Errors name the line, the prompt id and the field; a bad line never discards good ones (see ``validate_file``).
 
+What validation keeps is the prediction as given (``check`` -> ``Row``; a file's or predictor's rows ->
+``PredictionRows``): named token ids, their probabilities after the min-rest scaling, the rest and its rule, so a
+``top`` prediction costs 16 bytes per named token, not a vocabulary-sized vector; full vectors (unless mostly zeros)
+are kept whole. ``densify`` / ``expand`` / ``ValidatedPredictions.probs`` give the float64 vector, bit for bit as
+before; scoring (``evals.sparse``) never needs it for a sparse row.
+
 Files are read line by line as bytes: each line is strict UTF-8 (it may contain U+FFFD; bad bytes reject their line
 only), a byte-order mark is accepted at the start of the file only, an object naming a key twice is rejected naming
-the key (``tasks.io.loads_json``). ``validate_file`` streams, keeping only accepted rows; near-match suggestions
-(~0.1 s each) go to a file's first ``HINT_LIMIT`` distinct unknown names only.
+the key (``tasks.io.loads_json``). ``validate_file`` streams (1 MiB reads), keeping only accepted rows; near-match
+suggestions (~0.1 s each) go to a file's first ``HINT_LIMIT`` distinct unknown names only.
 """
 
 from __future__ import annotations

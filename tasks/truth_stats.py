@@ -14,10 +14,11 @@ reverse KL, Brier, cross-entropy and top-k overlap are then sums over S plus per
   tie-breaking (``evals.metrics.topk_inclusion``), in CSR form (usually exactly k tokens a prompt).
 
 Cache: ``<truth dir>/stats-<split>-<sha16>.npz`` and ``stats-<split>.json`` (written last, atomically: format, key,
-file, sha256). The key is sha256 over the format, the truth's content (log-probabilities as loaded through
-``Suite.truth_split``), the background's bytes and the k values; a load checks the key and the file's sha256 and
-recomputes on any mismatch (new truth, new background, a corrupted or edited file). Computing costs one float64 pass
-over the split (~0.1 ms a prompt at 49k tokens); checking the key costs one sha256 over the truth (~2 GB/s).
+file, sha256). The key is sha256 over the format, the truth's content (the sha256 the truth record gives for the
+split's file, which ``Suite.truth_split`` verifies on load; or, without one, a sha256 of the array), its shape, the
+background's bytes and the k values; a load checks the key and the file's sha256 and recomputes on any mismatch (new
+truth, new background, a corrupted or edited file). Computing costs one float64 pass over the split (~0.2 ms a
+prompt at 49k tokens, on a thread pool).
 """
 
 from __future__ import annotations
@@ -169,13 +170,18 @@ def n_threads() -> int:
 
 
 def run_chunks(fn: Callable[[int, int], Any], n: int, step: int) -> list[Any]:
-    """``[fn(start, stop) for each chunk]`` in order, on ``n_threads()`` threads when there is more than one chunk."""
+    """``[fn(start, stop) for each chunk]`` in order, on ``n_threads()`` threads when there is more than one chunk.
+
+    Workers take runs of up to 8 consecutive chunks at a time from a shared queue: little scheduling per chunk, and a
+    worker slowed by other load on its core simply takes fewer runs."""
     bounds = [(i, min(n, i + step)) for i in range(0, n, step)]
     workers = min(n_threads(), len(bounds))
     if workers <= 1:
         return [fn(a, b) for a, b in bounds]
+    per = max(1, min(8, len(bounds) // (4 * workers)))
+    runs = [bounds[i : i + per] for i in range(0, len(bounds), per)]
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda ab: fn(*ab), bounds))
+        return [out for run in pool.map(lambda rb: [fn(a, b) for a, b in rb], runs) for out in run]
 
 
 def scratch(rows: int, vocab_size: int, n: int, dtype: Any = np.float64) -> list[np.ndarray]:
@@ -281,10 +287,12 @@ def _truth_hash(logp: np.ndarray) -> str:
     return digest
 
 
-def stats_key(logp: np.ndarray, background: np.ndarray | None, ks: Sequence[int]) -> str:
-    """The cache key: format, truth content, background bytes, k values."""
+def stats_key(logp: np.ndarray, background: np.ndarray | None, ks: Sequence[int], identity: str | None = None) -> str:
+    """The cache key: format, truth content (``identity``, a verified hash of it, or a sha256 of ``logp``), background
+    bytes, k values."""
     h = hashlib.sha256(FORMAT.encode())
-    h.update(_truth_hash(logp).encode())
+    h.update((identity or _truth_hash(logp)).encode())
+    h.update(str((logp.dtype.str, logp.shape)).encode())
     if background is not None:
         h.update(hashlib.sha256(np.ascontiguousarray(background, dtype=np.float64).tobytes()).digest())
     h.update(repr(sorted(set(ks))).encode())
@@ -313,10 +321,11 @@ def _from_file(path: Path, key: str) -> TruthStats:
 
 
 def cached_stats(folder: Path, split: str, logp: np.ndarray, background: np.ndarray | None = None,
-                 ks: Sequence[int] = KS) -> TruthStats:
+                 ks: Sequence[int] = KS, *, identity: str | None = None) -> TruthStats:
     """The constants of ``logp``, read from ``folder`` when its record's key and file hash match, else computed and
-    written there (atomically; an unwritable folder only costs the recomputation next time)."""
-    folder, key = Path(folder), stats_key(logp, background, ks)
+    written there (atomically; an unwritable folder only costs the recomputation next time). ``identity``: a hash of
+    the truth already verified by whoever loaded it (else ``logp`` is hashed, ~1 s for 2 GB)."""
+    folder, key = Path(folder), stats_key(logp, background, ks, identity)
     record_path = folder / f"stats-{split}.json"
     try:
         record = read_json(record_path) if record_path.is_file() else None
@@ -350,6 +359,14 @@ def cached_stats(folder: Path, split: str, logp: np.ndarray, background: np.ndar
 
 def truth_stats(suite: Any, split: str, ks: Sequence[int] = KS) -> TruthStats:
     """The constants of a suite split (truth through ``Suite.truth_split``, background ``Suite.background``), cached
-    in ``Suite.truth_dir``."""
+    in ``Suite.truth_dir``. The truth is identified by the sha256 its record gives for the split's file, which
+    ``truth_split`` has just checked the file against; without such a record, by a sha256 of the array."""
     _, logp, _ = suite.truth_split(split)
-    return cached_stats(suite.truth_dir, split, logp, suite.background, ks)
+    identity = None
+    try:
+        entry = suite.truth_record()["files"][split]
+        if isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64:
+            identity = "truth-file:" + entry["sha256"]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        identity = None
+    return cached_stats(suite.truth_dir, split, logp, suite.background, ks, identity=identity)
