@@ -136,7 +136,7 @@ class Row(NamedTuple):
 
 def check(pred: Prediction, vocab: Vocabulary, background: np.ndarray | None = None, *, tol: float = TOL,
           min_rest: float = MIN_REST, explain: Callable[[str], str] | None = None,
-          sparse_fraction: float = SPARSE_FRACTION) -> Row:
+          sparse_fraction: float = SPARSE_FRACTION, out: np.ndarray | None = None) -> Row:
     """Validate one prediction (the rules of ``densify``) and return it without densifying what it did not say.
 
     A ``top`` prediction comes back as its named tokens and rest; a full vector with at most ``sparse_fraction`` of
@@ -161,7 +161,7 @@ def check(pred: Prediction, vocab: Vocabulary, background: np.ndarray | None = N
         if abs(total - 1.0) > tol:
             raise PredictionError(f"prompt {pid}: full vector sums to {total:.6f}, not 1 (tolerance {tol})")
         if np.count_nonzero(q) == V:  # every token named: q / total (ps = q, and ps.sum() is total)
-            return Row(None, None, 0.0, False, q / total)
+            return Row(None, None, 0.0, False, q / total if out is None else np.divide(q, total, out=out))
         named = np.flatnonzero(q > 0)
         ps = q[named]
     else:
@@ -209,7 +209,7 @@ def check(pred: Prediction, vocab: Vocabulary, background: np.ndarray | None = N
         rest = min_rest
     row = Row(named, ps, float(rest), pred.rest == "unigram", None)
     if pred.probs is not None and named.size > sparse_fraction * V:
-        return row._replace(ids=None, ps=None, rest=0.0, unigram=False, full=expand(row, V, background))
+        return row._replace(ids=None, ps=None, rest=0.0, unigram=False, full=expand(row, V, background, out=out))
     return row
 
 
@@ -470,18 +470,22 @@ class _Validator:
             return
         self.index[pred.prompt_id] = -1  # seen
         self.hints.line = line
-        try:
-            row = check(pred, self.vocab, self.background, explain=self.hints)
-        except PredictionError as e:
-            self.errors.append(f"{at}{e}")
-            return
-        if row.full is not None:
+        slot = None
+        if pred.probs is not None:  # a full vector may be kept whole: validate it straight into the next block slot
             if not self.blocks or self.used == len(self.blocks[-1]):
                 left = len(self.prompt_ids) - len(self.rows)  # prompts that may still get a row
                 size = max(1, min(left, max(8, self.capacity // 4)))
                 self.blocks.append(np.empty((size, len(self.vocab))))
                 self.capacity, self.used = self.capacity + size, 0
-            self.blocks[-1][self.used] = row.full
+            slot = self.blocks[-1][self.used]
+        try:
+            row = check(pred, self.vocab, self.background, explain=self.hints, out=slot)
+        except PredictionError as e:
+            self.errors.append(f"{at}{e}")
+            return
+        if row.full is not None:
+            if row.full is not slot:
+                self.blocks[-1][self.used] = row.full
             self.where.append((len(self.blocks) - 1, self.used))
             self.used += 1
             row = row._replace(full=_WHOLE)
