@@ -295,13 +295,15 @@ def bench_e2e(n: int, vocab: Vocabulary, bg: np.ndarray, rng: np.random.Generato
                 raise SystemExit("logitpred score failed")
         print(f"logitpred score, whole command: {walls[0]:.1f} s the first time (truth constants computed and cached), "
               f"{walls[1]:.1f} s again ({n / walls[1]:,.0f} lines/s)")
+        _, t_load = timed(load_suite(folder).truth_split, "practice")  # a fresh Suite: read, hash and check the truth
         checked, t_val = timed(validate_file, path, ids, suite.vocabulary, suite.background)
         _, t_stats = timed(truth_stats, suite, "practice")
         table, t_score = timed(score_validated, suite, "practice", checked)
         _, t_sum = timed(summarize, {c: table[c].to_numpy() for c in table.columns})
-        print(f"  in process: validate {t_val:.2f} s ({n / t_val:,.0f} lines/s), truth constants from the cache "
-              f"{t_stats:.2f} s (one sha256 of the truth), score {t_score:.2f} s ({n / t_score:,.0f}/s), bootstrap "
-              f"CIs {t_sum:.2f} s (evals/stats.py: 2,000 resamples x 5 statistics x 12 columns)")
+        print(f"  in process: truth load {t_load:.2f} s (tasks/truth.py: file sha256, NaN/+inf check), validate "
+              f"{t_val:.2f} s ({n / t_val:,.0f} lines/s), truth constants from the cache {t_stats:.2f} s, score "
+              f"{t_score:.2f} s ({n / t_score:,.0f}/s), bootstrap CIs {t_sum:.2f} s (evals/stats.py: 2,000 resamples "
+              "x 5 statistics x 12 columns)")
         sub_ids = ids[:n_today]
         head = home / "head.jsonl"
         with open(path, encoding="utf-8") as f, open(head, "w", encoding="utf-8") as g:
