@@ -42,7 +42,8 @@ from evals.predictability import predictability  # noqa: E402
 from evals.scoring import predict_split, score_validated  # noqa: E402
 from evals.sparse import score_rows  # noqa: E402
 from predictors import PredictorContext, create, densify, validate, view  # noqa: E402
-from predictors.format import PredictionRows, check  # noqa: E402
+from predictors.format import check  # noqa: E402
+from predictors.rows import PredictionRows  # noqa: E402
 from tasks import load_suite  # noqa: E402
 from tasks.truth_stats import truth_stats  # noqa: E402
 

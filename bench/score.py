@@ -35,7 +35,9 @@ from scipy.stats import entropy
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evals.sparse import score_rows  # noqa: E402
-from predictors.format import Prediction, PredictionRows, check, validate_file  # noqa: E402
+from predictors.format import Prediction, check  # noqa: E402
+from predictors.jsonl import validate_file  # noqa: E402
+from predictors.rows import PredictionRows  # noqa: E402
 from tasks.truth_stats import chunk_rows, compute_stats, n_threads  # noqa: E402
 from tasks.vocab import Vocabulary  # noqa: E402
 

@@ -264,7 +264,7 @@ def _predict(suite: Any, split: str, member: Member) -> Any:
 
 def team_predictions(cfg: GateConfig, suite: Any, split: str) -> tuple[Any, dict[str, Any], list[Member]]:
     """The team's validated predictions of ``split`` by the declared rule; also what was decided and who was used."""
-    from predictors.format import ValidatedPredictions
+    from predictors.rows import ValidatedPredictions
 
     from .scoring import score
 

@@ -47,7 +47,8 @@ from evals import holdout
 from evals.inspect_provider import approval_of, model_label, system_message, take_prediction
 from evals.sparse import score_rows
 from evals.stats import bootstrap_ci
-from predictors.format import PredictionError, PredictionRows, check
+from predictors.format import PredictionError, check
+from predictors.rows import PredictionRows
 from tasks import load_suite
 from tasks.truth_stats import truth_stats
 

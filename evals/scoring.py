@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from predictors.base import Predictor, view
-from predictors.format import ValidatedPredictions, validate, validate_file
+from predictors.jsonl import validate, validate_file
+from predictors.rows import ValidatedPredictions
 from tasks.paths import sha256_file
 from tasks.suite import Suite
 
@@ -61,7 +62,7 @@ def score_validated(suite: Suite, split: str, preds: ValidatedPredictions, *, k:
 def load_file(path: Path, suite: Suite, split: str) -> ValidatedPredictions:
     """Read and validate a predictions file against a suite split (bad lines reported, good ones kept).
 
-    The file is streamed (``predictors.format.validate_file``): memory is the accepted rows, not the file's lines.
+    The file is streamed (``predictors.jsonl.validate_file``): memory is the accepted rows, not the file's lines.
     """
     if not path.is_file():
         raise ScoringError(f"predictions file {path} does not exist")

@@ -1,6 +1,6 @@
 """Scoring predictions as they were given: named tokens plus a rest rule in O(named tokens), whole vectors densely.
 
-A sparse prediction (``predictors.format.PredictionRows``) names tokens S with probabilities a and spreads the rest r
+A sparse prediction (``predictors.rows.PredictionRows``) names tokens S with probabilities a and spreads the rest r
 over every other token with weights w (uniform: 1; unigram: the background b), q(v) = c w(v) off S with
 c = r / Z, Z = sum_{v not in S} w(v) (V - |S|, or b's total minus b over S). With the per-prompt constants of the
 truth (``tasks.truth_stats``: sum p, sum p log p, sum p^2, sum p log b, sum b p, sum of log p, ...):
@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from predictors.format import PredictionRows, expand
+from predictors.format import expand
+from predictors.rows import PredictionRows
 from tasks.truth_stats import rowsum, scratch
 
 from .metrics import (

@@ -16,19 +16,9 @@ from .base import (
     register,
     view,
 )
-from .format import (
-    Prediction,
-    PredictionError,
-    ValidatedPredictions,
-    densify,
-    iter_jsonl,
-    json_line,
-    read_jsonl,
-    readable,
-    validate,
-    validate_file,
-    write_jsonl,
-)
+from .format import Prediction, PredictionError, densify
+from .jsonl import iter_jsonl, json_line, read_jsonl, readable, validate, validate_file, write_jsonl
+from .rows import ValidatedPredictions
 
 __all__ = [
     "ApprovalError", "Prediction", "PredictionError", "Predictor", "PredictorContext", "PromptView",

@@ -42,7 +42,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from predictors.format import json_line
+from predictors.jsonl import json_line
 from tasks.io import DuplicateKeyError, loads_json
 from tasks.suite import SPLITS, Suite
 

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from predictors.approval import require_approved
-from predictors.format import Prediction, write_jsonl
+from predictors.format import Prediction
+from predictors.jsonl import write_jsonl
 from tasks.io import atomic_write_bytes, atomic_write_json
 
 from .db import Database

@@ -11,7 +11,7 @@ import pytest
 from evals import holdout
 from evals.scoring import score
 from predictors import Prediction, densify
-from predictors.format import ValidatedPredictions
+from predictors.rows import ValidatedPredictions
 
 
 @pytest.fixture()

@@ -149,7 +149,7 @@ def test_participant_session_in_a_real_browser(tiny_suite, tmp_path, human_db_ur
                          "--score", env=env)
         assert done.returncode == 0, done.stdout + done.stderr
     lines = [json.loads(x) for x in (tmp_path / "out" / "human-alice-sealed.jsonl").read_text().splitlines()]
-    top = lines[0]["top"]  # text -> p where each name is unique, else [[id, p]] (predictors.format.readable)
+    top = lines[0]["top"]  # text -> p where each name is unique, else [[id, p]] (predictors.jsonl.readable)
     pairs = list(top.items()) if isinstance(top, dict) else top
     assert len(lines) == 1 and lines[0]["prompt_id"] == sealed[0].id and pairs[0][1] == 0.55
     board = leaderboard("tiny", "practice", root=results)

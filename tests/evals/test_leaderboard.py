@@ -14,7 +14,7 @@ from evals import leaderboard as lb
 from evals.cli import app
 from evals.scoring import score
 from predictors import Prediction, densify
-from predictors.format import ValidatedPredictions
+from predictors.rows import ValidatedPredictions
 
 
 @pytest.fixture()

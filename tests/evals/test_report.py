@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from evals.cli import app
 from evals.scoring import score
 from predictors import Prediction, densify
-from predictors.format import ValidatedPredictions
+from predictors.rows import ValidatedPredictions
 from tests.evals.leaks import numbers_in, truth_numbers
 
 runner = CliRunner()

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from evals.scoring import load_file, score
-from predictors.format import HINT_LIMIT, Prediction, densify, validate, validate_file
+from predictors.format import Prediction, densify
+from predictors.jsonl import HINT_LIMIT, validate, validate_file
 
 MB = 1 << 20
 

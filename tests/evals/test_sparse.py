@@ -14,7 +14,9 @@ from scipy.special import log_softmax
 
 from evals import metrics as M
 from evals.sparse import TIE_TOLERANCE, score_rows, sparse_metrics
-from predictors.format import Prediction, PredictionRows, check, densify, validate, validate_file
+from predictors.format import Prediction, check, densify
+from predictors.jsonl import validate, validate_file
+from predictors.rows import PredictionRows
 from tasks.truth_stats import cached_stats, compute_stats, topk_support
 from tasks.vocab import Vocabulary
 

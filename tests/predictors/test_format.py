@@ -6,15 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from predictors.format import (
-    Prediction,
-    PredictionError,
-    densify,
-    read_jsonl,
-    validate,
-    validate_file,
-    write_jsonl,
-)
+from predictors.format import Prediction, PredictionError, densify
+from predictors.jsonl import read_jsonl, validate, validate_file, write_jsonl
 from tasks.vocab import Vocabulary
 
 VOCAB = Vocabulary(raw=["a", "Ġb", "Ġc", "d", "<0xFF>", "<0xFE>"], text=["a", " b", " c", "d", "\ufffd", "\ufffd"])
