@@ -11,7 +11,6 @@ import platform
 import re
 import shutil
 import sys
-import tempfile
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.io import crash_point, fsync_dir, fsync_tree, read_json
+from tasks.io import aside_dir, crash_point, fsync_dir, fsync_tree, read_json
 from tasks.paths import results_dir
 
 PACKAGES = ("logitpred", "numpy", "scipy", "pandas", "torch", "transformers", "tokenizers", "inspect_ai")
@@ -69,9 +68,8 @@ def write_run(summary: dict[str, Any], per_prompt: pd.DataFrame, *, root: Path |
     root.mkdir(parents=True, exist_ok=True)
     if run_dir.exists():
         raise FileExistsError(f"run record {run_dir} already exists")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{summary['run_id']}.", suffix=".tmp", dir=root))
+    tmp = aside_dir(run_dir)
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a run record is as readable as a folder made by mkdir
         per_prompt.to_csv(tmp / "per_prompt.csv", index=False)
         (tmp / "summary.json").write_text(json.dumps({"format": RECORD_FORMAT, **summary}, indent=2))
         fsync_tree(tmp)

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from tasks.corpora import BUILTIN, CorpusError
-from tasks.io import crash_point, fsync_dir, fsync_tree, read_json, replace_dir
+from tasks.io import aside_dir, crash_point, fsync_dir, fsync_tree, read_json, replace_dir
 from tasks.paths import data_dir, sha256_file
 
 FORMAT = "logitpred-index/1"
@@ -169,9 +168,8 @@ def _publish(folder: Path, arrays: dict[str, np.ndarray], manifest: dict[str, An
     for old in folder.parent.glob(f".{folder.name}.*.tmp"):  # left by killed builds of this key an hour ago or more
         if time.time() - old.stat().st_mtime > 3600:
             shutil.rmtree(old, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    tmp = aside_dir(folder)
     try:
-        tmp.chmod(0o755)
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
             manifest["files"][name] = sha256_file(tmp / f"{name}.npy")

@@ -14,7 +14,6 @@ across versions in the last bits). Left out: learning-rate schedules beyond warm
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.io import atomic_write_json, read_json, replace_dir
+from tasks.io import aside_dir, atomic_write_json, fsync_tree, read_json, replace_dir
 
 MANIFEST = "logitpred-helper.json"
 FORMAT = "logitpred-helper/1"
@@ -130,8 +129,7 @@ def train_helper(out_dir: Path, cfg: TrainConfig = TrainConfig(), *, target: str
     # Saved into a fresh folder beside the destination and swapped in whole (tasks.io.replace_dir): retraining a helper
     # never leaves new weights under an old manifest, and a kill leaves the previous helper as it was.
     dest = Path(out_dir)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    out_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    out_dir = aside_dir(dest)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     _write_curve(out_dir, curve, vocab)
@@ -143,6 +141,7 @@ def train_helper(out_dir: Path, cfg: TrainConfig = TrainConfig(), *, target: str
         "final_valid_loss": curve[-1]["valid_loss"], "context": cfg.context,
     }
     atomic_write_json(out_dir / MANIFEST, manifest)
+    fsync_tree(out_dir)  # save_pretrained and savefig do not fsync
     replace_dir(out_dir, dest)
     return manifest
 

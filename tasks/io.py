@@ -164,15 +164,14 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda f: np.save(f, array))
 
 
-def append_line(path: Path, line: str) -> None:
-    """Append one line to a log (ledger) and fsync it: a single ``write`` of a line under ``PIPE_BUF`` never interleaves
-    with another process's; a kill can leave at most a last line without its newline, which readers skip."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as f:
-        f.write((line.rstrip("\n") + "\n").encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
+def aside_dir(dest: Path, name: str | None = None) -> Path:
+    """A fresh, empty folder beside ``dest`` (same file system, so it can be renamed or swapped onto ``dest``), named
+    ``.<name>.<random>.tmp``, readable like a folder made by ``mkdir`` (``mkdtemp`` alone makes it private)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name or dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp.chmod(0o755)
+    return tmp
 
 
 def replace_dir(src: Path, dest: Path) -> None:

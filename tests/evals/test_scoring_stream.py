@@ -19,6 +19,16 @@ from predictors.jsonl import HINT_LIMIT, validate, validate_file
 MB = 1 << 20
 
 
+
+def validate_traced(path, ids, vocab):
+    """``validate_file`` with the peak of Python-traced memory while it ran (bytes)."""
+    tracemalloc.start()
+    try:
+        out = validate_file(path, ids, vocab)
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
 def test_load_file_streams_a_hostile_file_and_scores_in_suite_order(tiny_suite, tmp_path):
     vocab, bg = tiny_suite.vocabulary, tiny_suite.background
     ids = [p.id for p in tiny_suite.prompts("practice")]
@@ -68,12 +78,7 @@ def test_peak_memory_of_a_20_mb_file_is_the_named_tokens(tiny_suite, unique_name
             f.write(json.dumps({"prompt_id": ids[n % 200], "top": top}, ensure_ascii=False) + "\n")
     size = path.stat().st_size
     assert size > 20 * MB
-    tracemalloc.start()
-    try:
-        out = validate_file(path, ids, vocab)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    out, peak = validate_traced(path, ids, vocab)
     kept = out.rows.ids.nbytes + out.rows.vals.nbytes
     assert out.prompt_ids == ids[:100] and kept == 100 * k * 16 and not out.rows.is_full.any()
     assert len(out.errors) == 800 and out.errors[0].startswith("line 101: prompt p100: 'top' probabilities sum to 1.3")
@@ -96,12 +101,7 @@ def test_peak_memory_of_full_vector_lines_is_the_accepted_rows(tiny_suite, tmp_p
             q /= q.sum(dtype=np.float64)
             rows.append(q)
             f.write(json.dumps({"prompt_id": ids[59 - n], "probs_b64": base64.b64encode(q.tobytes()).decode()}) + "\n")
-    tracemalloc.start()
-    try:
-        out = validate_file(path, ids, vocab)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    out, peak = validate_traced(path, ids, vocab)
     whole = 60 * V * 8
     assert out.prompt_ids == ids[:60] and out.rows.is_full.all()
     assert peak <= 1.25 * whole + 8 * MB, f"peak {peak / MB:.1f} MiB for {whole / MB:.1f} MiB of rows"
