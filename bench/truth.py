@@ -38,7 +38,7 @@ def main() -> None:
     import torch
 
     from tasks import SuiteConfig, build_suite, load_target
-    from tasks.truth import compute_truth, direct_truth
+    from tasks.compute import compute_truth, direct_truth
 
     target = load_target()
     half = args.prompts // 2

@@ -176,9 +176,9 @@ def helper_logprobs(helper: Helper, texts: Sequence[str], *, batch_size: int = 8
     always cut to the helper model's own context (``tasks.forward.model_context``). Raises ``HelperError`` for an empty
     prompt without BOS, ``TargetError`` for a model that cannot give exact distributions (``check_causal_lm``).
     """
+    from tasks.compute import compute_truth
     from tasks.forward import model_context
     from tasks.tokens import encode_text
-    from tasks.truth import compute_truth
 
     if token_ids is None:
         token_ids = encode_text(helper.tokenizer, list(texts))

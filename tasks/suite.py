@@ -222,7 +222,8 @@ class Suite:
         Reuses valid cached truth unless ``rebuild``. The record is replaced in one atomic step (``tasks.truth``).
         Raises ``SuiteError`` for another target, or cached truth that fails its checks (without ``rebuild``).
         """
-        from .truth import compute_truth, write_truth
+        from .compute import compute_truth
+        from .truth import write_truth
 
         if target.identity.id != self.target["id"]:
             raise SuiteError(

@@ -167,7 +167,7 @@ def load_tokenizer(spec: str | Path | None = None) -> tuple[Any, TargetIdentity]
 
 @dataclass
 class Target:
-    model: Any  # a transformers causal LM in eval mode, float32
+    model: Any  # a transformers causal LM in eval mode (float32 on the CPU unless loaded otherwise)
     tokenizer: Any
     identity: TargetIdentity
 
@@ -178,6 +178,13 @@ class Target:
     @property
     def bos_ids(self) -> list[int]:
         return bos_ids(self.tokenizer)
+
+    @property
+    def placement(self) -> dict[str, str]:
+        """``{"device", "dtype"}`` the model runs with (``tasks.device.placement``), recorded beside its truth."""
+        from .device import placement
+
+        return placement(self.model)
 
     @property
     def context(self) -> int | None:
@@ -203,21 +210,24 @@ def bos_ids(tokenizer: Any) -> list[int]:
     return with_special[:k]
 
 
-def load_target(spec: str | Path | None = None) -> Target:
-    """Load the target model (float32, eval mode) with its tokenizer and identity.
+def load_target(spec: str | Path | None = None, *, device: str = "cpu", dtype: str = "float32") -> Target:
+    """Load the target model (eval mode) with its tokenizer and identity, in ``dtype`` on ``device``
+    (``tasks.device``: ``cpu``, ``cuda`` or ``auto``; a GPU load uses ``device_map="auto"``).
 
-    Raises ``TargetError`` when it cannot be loaded as a causal LM or cannot give exact next-token distributions
-    (``tasks.forward.check_causal_lm``: an encoder, a forward without ``logits_to_keep``, not causal)."""
-    import torch
+    Raises ``TargetError`` for an unknown device or dtype, ``cuda`` without a GPU, or when the model cannot be loaded
+    as a causal LM or cannot give exact next-token distributions (``tasks.forward.check_causal_lm``: an encoder, a
+    forward without ``logits_to_keep``, not causal)."""
     from transformers import AutoModelForCausalLM
 
+    from .device import load_options
     from .forward import check_causal_lm
 
+    options = load_options(device, dtype)
     tok, identity = load_tokenizer(spec)
     folder, _ = _materialize(resolve_target(spec))
     _quiet_transformers()
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, **options)
     except Exception as e:
         raise TargetError(f"could not load the model in {folder}: {e}") from e
     model.eval()

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tasks.compute import compute_truth, direct_truth
 from tasks.suite import Prompt
 from tasks.target import TargetError, bos_ids
 from tasks.tokens import encode_text, special_ids
-from tasks.truth import compute_truth, direct_truth
 
 TEXT = ("The river rises in the northern hills and flows south through farmland, past two market towns, before it "
         "reaches the sea at a wide estuary where herons feed on the mud flats at low tide. In the nineteenth century "

@@ -237,7 +237,7 @@ def test_suite_of_a_small_context_target_cuts_inside_it(target, tmp_path, monkey
     import transformers as tf
 
     from tasks import load_target, load_tokenizer
-    from tasks.truth import direct_truth
+    from tasks.compute import direct_truth
 
     monkeypatch.setenv("LOGITPRED_HOME", str(tmp_path / "home"))
     torch.manual_seed(0)

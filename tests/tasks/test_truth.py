@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from tasks.truth import compute_truth, direct_truth
+from tasks.compute import compute_truth, direct_truth
 
 
 def test_cached_truth_is_normalized_log_probs(tiny_suite):

@@ -1,0 +1,92 @@
+"""The target's true next-token distributions, computed: one forward pass per prompt group, batched.
+
+One forward pass per prompt group serves all its cuts: prompts of one ``doc`` key are prefixes of one token sequence,
+so position ``len(bos) + cut - 1`` of the group's pass gives that prompt's distribution. (Suites give each prompt a
+``doc`` key of its own window, so a group is usually one prompt.) Groups are batched (sorted by length, right-padded)
+and run through the model's *own* forward with ``logits_to_keep`` set to the cut positions (``tasks.forward``): the
+architecture's own output processing (soft-capping, logit scaling, tied or untied heads) is included, and the output
+layer runs only at cut positions. Prompts longer than the model's context (BOS included) are refused.
+
+Batch invariance: with right padding and a causal mask, real positions never attend to padding, and log-softmax runs
+in float32 over the full vocabulary. ``tests/tasks/test_truth.py`` checks batched truth against one forward pass per
+prompt. What remains is float rounding from different matrix shapes (~1e-6 in log-probability).
+
+How truth is stored and committed is ``tasks.truth``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def compute_truth(
+    model: Any,
+    prompts: Sequence[Any],
+    *,
+    bos_ids: Sequence[int] = (),
+    batch_size: int = 8,
+    pad_id: int = 0,
+    on_progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Log-probabilities (float32, natural log, shape ``(len(prompts), vocab)``) of the target's next token after each
+    prompt, from the model's own forward pass (``tasks.forward.logprobs_at``: logits only at the cut positions).
+
+    ``prompts`` need ``.id``, ``.doc``, ``.token_ids``; prompts of the same ``doc`` must be prefixes of one token
+    sequence. The model sees ``bos_ids + token_ids`` (exactly one BOS). ``on_progress(n)`` is called with the number
+    of prompts finished after each batch. Raises ``ValueError`` when a prompt is not a prefix of its document's longest
+    prompt, or already starts with ``bos_ids`` (the model would see two); ``TargetError`` when the model is unsupported
+    (``tasks.forward.check_causal_lm``) or a prompt plus BOS is longer than the model's context.
+    """
+    from .forward import check_causal_lm, logprobs_at, model_context, output_vocab
+    from .target import TargetError
+
+    check_causal_lm(model)
+    limit = model_context(model.config)
+    bos = list(bos_ids)
+    by_doc: dict[str, list[int]] = defaultdict(list)
+    for i, p in enumerate(prompts):
+        by_doc[p.doc].append(i)
+        if bos and list(p.token_ids[: len(bos)]) == bos:
+            raise ValueError(f"prompt {p.id} already starts with the BOS ids {bos}: token ids must be the text's "
+                             "encoding without special tokens (the model would see two BOS)")
+        if limit is not None and len(bos) + len(p.token_ids) > limit:
+            raise TargetError(f"prompt {p.id} needs {len(bos) + len(p.token_ids)} positions ({len(bos)} BOS + "
+                              f"{len(p.token_ids)} tokens), more than {type(model).__name__}'s context of {limit}: "
+                              "rebuild the suite for this target (suites cut only inside the target's context)")
+    groups = []
+    for idx in by_doc.values():
+        longest = max(idx, key=lambda i: len(prompts[i].token_ids))
+        seq = bos + list(prompts[longest].token_ids)
+        for i in idx:
+            ids = list(prompts[i].token_ids)
+            if list(prompts[longest].token_ids[: len(ids)]) != ids:
+                raise ValueError(f"prompt {prompts[i].id} is not a prefix of its document's longest prompt")
+        groups.append((seq, [(i, len(bos) + len(prompts[i].token_ids) - 1) for i in idx]))
+    groups.sort(key=lambda g: len(g[0]))
+
+    out = np.empty((len(prompts), output_vocab(model)), dtype=np.float32)
+    for b in range(0, len(groups), batch_size):
+        batch = groups[b : b + batch_size]
+        logp = logprobs_at(model, [s for s, _ in batch], [[pos for _, pos in cuts] for _, cuts in batch],
+                           pad_id=pad_id)
+        if logp.shape[1] != out.shape[1]:
+            raise TargetError(f"{type(model).__name__} gave {logp.shape[1]} logits per position, but its output "
+                              f"layer has {out.shape[1]} rows")
+        out[[i for _, cuts in batch for i, _ in cuts]] = logp
+        if on_progress:
+            on_progress(sum(len(c) for _, c in batch))
+    return out
+
+
+def direct_truth(model: Any, token_ids: Sequence[int], *, bos_ids: Sequence[int] = ()) -> np.ndarray:
+    """Reference (tests, benchmarks): log-softmax (float32, shape ``(vocab,)``) of ``model(bos_ids + token_ids)
+    .logits[0, -1]``, one unbatched plain forward pass on a single prompt, full logits for every position."""
+    import torch
+
+    with torch.inference_mode():
+        logits = model(torch.tensor([list(bos_ids) + list(token_ids)])).logits[0, -1]
+        return torch.log_softmax(logits.float(), dim=-1).numpy()
