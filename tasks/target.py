@@ -170,6 +170,7 @@ class Target:
     model: Any  # a transformers causal LM in eval mode (float32 on the CPU unless loaded otherwise)
     tokenizer: Any
     identity: TargetIdentity
+    path: Path | None = None  # the .gguf file or model folder it was loaded from (what a Ray worker loads again)
 
     @property
     def vocab_size(self) -> int:
@@ -232,4 +233,4 @@ def load_target(spec: str | Path | None = None, *, device: str = "cpu", dtype: s
         raise TargetError(f"could not load the model in {folder}: {e}") from e
     model.eval()
     check_causal_lm(model)
-    return Target(model, tok, identity)
+    return Target(model, tok, identity, resolve_target(spec))
