@@ -94,6 +94,8 @@ def output_settings(path: Path, options: dict[str, Any]) -> dict[str, Any]:
     known = {k: options[k] for k in (*DEFAULT_SETTINGS, "max_context") if k in options}
     out = {**DEFAULT_SETTINGS, **known}
     out["max_context"] = out.get("max_context") or helper_context(path)
+    if options.get("dtype", "float32") != "float32":  # another precision is another predictor; the device is not
+        out["dtype"] = options["dtype"]
     return out
 
 
@@ -149,14 +151,15 @@ class Helper:
 _LOADED: dict[str, Helper] = {}
 
 
-def load_helper(path: Path) -> Helper:
-    """Load (once per process) a helper model in float32 eval mode."""
+def load_helper(path: Path, *, device: str = "cpu", dtype: str = "float32") -> Helper:
+    """Load (once per process, per device and dtype) a helper model in eval mode, in ``dtype`` on ``device``
+    (``tasks.device``: cpu, cuda or auto). Raises ``HelperError`` when it cannot be loaded there."""
     from tasks.target import TargetError, bos_ids, load_target
 
-    key = str(path)
+    key = f"{path}|{device}|{dtype}"
     if key not in _LOADED:
         try:
-            t = load_target(path)
+            t = load_target(path, device=device, dtype=dtype)
         except (TargetError, OSError, ValueError) as e:
             raise HelperError(f"could not load helper {path}: {e}") from e
         tok = t.tokenizer
@@ -210,11 +213,19 @@ class ModelPredictor:
     def __init__(self, ctx: PredictorContext, name: str, path: Path, *, batch_size: int = 8,
                  coverage: float = DEFAULT_SETTINGS["coverage"], smoothing: float = DEFAULT_SETTINGS["smoothing"],
                  rest: str = DEFAULT_SETTINGS["rest"], cache: bool = True, progress: bool = False,
-                 max_context: int | None = None) -> None:
+                 max_context: int | None = None, device: str = "cpu", dtype: str = "float32") -> None:
+        from tasks.device import resolve_device, torch_dtype
+        from tasks.target import TargetError
+
         from .crosstok import check_settings
         from .train_helper import helper_context
 
         check_settings(coverage, rest)
+        try:
+            resolve_device(device), torch_dtype(dtype)
+        except TargetError as e:
+            raise HelperError(f"predictor {name!r}: {e}") from e
+        self.device, self.dtype = device, dtype
         if not 0.0 <= smoothing < 1.0:
             raise HelperError(f"smoothing must be in [0, 1), got {smoothing}")
         self.name, self.path, self.ctx = name, path, ctx
@@ -227,7 +238,9 @@ class ModelPredictor:
             raise HelperError(f"helper {path} has the same weights as the suite's target "
                               f"({target_w[:16]}): a predictor may never run the target model")
         self.same_tokenizer = self.helper_identity["tokenizer_sha256"] == ctx.tokenizer_sha256
-        settings = {"coverage": coverage, "smoothing": smoothing, "rest": rest, "max_context": self.max_context, "v": 1}
+        settings = {"coverage": coverage, "smoothing": smoothing, "rest": rest, "max_context": self.max_context, "v": 1,
+                    # the dtype changes the output (bfloat16 is ~1e-3 nats from float32); the device only rounds
+                    **({"dtype": dtype} if dtype != "float32" else {})}
         self.settings_key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
         self._helper: Helper | None = None
         self._mapper: Any = None
@@ -235,7 +248,9 @@ class ModelPredictor:
     def identity(self) -> dict[str, Any]:
         return {"helper": self.helper_identity, "mapping": "identity" if self.same_tokenizer else
                 "first-token marginalization", "settings": {"coverage": self.coverage, "smoothing": self.smoothing,
-                                                            "rest": self.rest, "max_context": self.max_context}}
+                                                            "rest": self.rest, "max_context": self.max_context,
+                                                            **({"dtype": self.dtype} if self.dtype != "float32"
+                                                               else {})}}
 
     def _cache_dir(self) -> Path:
         return (data_dir() / "helper-cache" / self.ctx.suite /
@@ -247,7 +262,7 @@ class ModelPredictor:
 
     def _ensure_loaded(self) -> Helper:
         if self._helper is None:
-            self._helper = load_helper(self.path)
+            self._helper = load_helper(self.path, device=self.device, dtype=self.dtype)
             if not self.same_tokenizer:
                 from .crosstok import TokenMap
 
@@ -320,7 +335,7 @@ def _make(name: str) -> Callable[..., ModelPredictor]:
             return ModelPredictor(ctx, name, path, **settings)
         except TypeError as e:
             raise HelperError(f"predictor {name!r}: bad option ({e}); options: batch_size, coverage, smoothing, "
-                              "rest, cache, progress, max_context") from e
+                              "rest, cache, progress, max_context, device (cpu|cuda|auto), dtype (float32|bfloat16|float16)") from e
 
     return factory
 

@@ -10,8 +10,9 @@ under ``<data_dir>/truth/<name>/<version>-<target id>/`` (see ``tasks.truth``: a
 Prompts (``tasks.cuts``): whole held-out source documents go to one split; each passage is divided into
 non-overlapping windows with at most one cut each, so no prompt shows another prompt's realized continuation.
 
-The sealed commitment is sha256 over the sealed prompts file, then the sealed truth's log-probabilities (float32, C
-order) and realized next-token ids (int64): publish it at build time, check it before scoring.
+The sealed commitment (``tasks.truth.commitment_of``) binds the sealed prompts, the target's identity, its dtype and the
+stored sealed truth: publish it at build time, check it before scoring, and reproduce it on other hardware with
+``Suite.verify_recomputed`` (``logitpred truth --verify --recompute``).
 """
 
 from __future__ import annotations
@@ -220,40 +221,55 @@ class Suite:
         """Compute and cache truth for both splits with ``target`` (a ``tasks.Target``); returns the commitment.
 
         Reuses valid cached truth unless ``rebuild``. The record is replaced in one atomic step (``tasks.truth``).
-        Raises ``SuiteError`` for another target, or cached truth that fails its checks (without ``rebuild``).
+        Raises ``SuiteError`` for another target, cached truth of another dtype (without ``rebuild``: the dtype is
+        part of the truth's identity), or cached truth that fails its checks (without ``rebuild``).
         """
-        from .compute import compute_truth
         from .truth import write_truth
 
+        self._check_target(target)
+        record = None if rebuild else self.truth_record()
+        if record is not None:
+            cached = record["placement"]["dtype"]
+            if cached != target.placement["dtype"]:
+                raise SuiteError(f"suite {self.name!r} has {cached} truth cached; the target now runs in "
+                                 f"{target.placement['dtype']}: pass --rebuild to replace it (the commitment changes), "
+                                 f"or load the target with --dtype {cached}")
+            self.truth_split("practice")
+            self.truth_split("sealed")  # verify the hashes
+            return record["commitment"]
+        arrays = {s: self._exact(target, s, batch_size, on_progress) for s in SPLITS}
+        ids = {s: [p.id for p in self.prompts(s)] for s in SPLITS}
+        base = {"suite": self.name, "version": self.version, "target": self.target, "placement": target.placement}
+        # Recomputed on other hardware, the arrays differ in the last float bits and so does a new commitment; the
+        # published one is reproduced by ``verify_recomputed`` (tolerance ``tasks.quantize.VERIFY_MAX_KL``), not by
+        # rebuilding. Sealed submission counts are keyed by the sealed prompts, so they carry over a rebuild.
+        self._record = write_truth(self.truth_dir, arrays, base, (self.path / "sealed.jsonl").read_bytes(), ids)
+        self._truth.clear()
+        return self._record["commitment"]
+
+    def _check_target(self, target: Any) -> None:
         if target.identity.id != self.target["id"]:
             raise SuiteError(
                 f"suite {self.name!r} was built for target {self.target['name']} ({self.target['id']}), "
                 f"not {target.identity.name} ({target.identity.id}): rebuild the suite with this target"
             )
-        if not rebuild and self.truth_record() is not None:
-            self.truth_split("practice")
-            self.truth_split("sealed")  # verify the hashes
-            return self.truth_record()["commitment"]
-        arrays, ids = {}, {}
-        for split in SPLITS:
-            prompts = self.prompts(split)
-            logp = compute_truth(
-                target.model, prompts, bos_ids=self.bos_ids, batch_size=batch_size,
-                on_progress=(lambda n, s=split, t=len(prompts): on_progress(s, n, t)) if on_progress else None,
-            )
-            arrays[split] = (logp, np.array([p.next_token_id for p in prompts], dtype=np.int64))
-            ids[split] = [p.id for p in prompts]
-        base = {"suite": self.name, "version": self.version, "target": self.target}
-        # A recomputation on other hardware or with another batch size may differ in the last float bits; the
-        # commitment then changes and must be published again (``logitpred truth`` prints it). Sealed submission
-        # counts are keyed by the sealed prompts, so they carry over.
-        self._record = write_truth(self.truth_dir, arrays, base, (self.path / "sealed.jsonl").read_bytes(), ids)
-        self._truth.clear()
-        return self._record["commitment"]
+
+    def _exact(self, target: Any, split: str, batch_size: int,
+               on_progress: Callable[[str, int, int], None] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(exact float32 log-probs ``(n, vocab)``, realized ids int64 ``(n,)``) of a split, from the target."""
+        from .compute import compute_truth
+
+        prompts = self.prompts(split)
+        logp = compute_truth(
+            target.model, prompts, bos_ids=self.bos_ids, batch_size=batch_size,
+            on_progress=(lambda n, s=split, t=len(prompts): on_progress(s, n, t)) if on_progress else None,
+        )
+        return logp, np.array([p.next_token_id for p in prompts], dtype=np.int64)
 
     def verify_commitment(self) -> None:
-        """Raise ``SuiteError`` unless the sealed prompts and truth on disk hash to the published commitment."""
-        from .truth import commitment_of
+        """Raise ``SuiteError`` unless the sealed prompts, the target identity, the dtype and the stored sealed truth
+        on disk hash to the published commitment (``tasks.truth.commitment_of``)."""
+        from .truth import commitment_of, committed_header, load_stored
 
         record = self.truth_record()
         if record is None:
@@ -262,10 +278,50 @@ class Suite:
         if record.get("sealed_prompts_sha256") != self.sealed_prompts_sha256:
             raise SuiteError(f"suite {self.name!r}: the sealed prompts changed after truth was computed (edited?): "
                              f"rebuild with `{build_command(self.manifest['config'])}`")
-        _, logp, nxt = self.truth_split("sealed")
-        if commitment_of((self.path / "sealed.jsonl").read_bytes(), logp, nxt) != record["commitment"]:
-            raise SuiteError(f"suite {self.name!r}: sealed prompts or truth do not match the published commitment: "
-                             f"rebuild with `{build_command(self.manifest['config'])}` and publish the new one")
+        prompts = self.prompts("sealed")
+        arrays = load_stored(self.truth_dir, record, "sealed", len(prompts), self.name)
+        header = committed_header(sealed_prompts_sha256=self.sealed_prompts_sha256, target=self.target,
+                                  dtype=record["placement"]["dtype"], shape=arrays["logp_f16"].shape)
+        realized = np.array([p.next_token_id for p in prompts], dtype=np.int64)
+        if (header != record.get("committed") or not np.array_equal(arrays["next_token_id"], realized)
+                or commitment_of(header, arrays["logp_f16"], arrays["next_token_id"]) != record["commitment"]):
+            raise SuiteError(f"suite {self.name!r}: sealed prompts, target or truth do not match the published "
+                             f"commitment: rebuild with `{build_command(self.manifest['config'])}` and publish the "
+                             "new one")
+
+    def verify_recomputed(self, target: Any, *, batch_size: int = 8,
+                          on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+        """Recompute both splits' truth with ``target`` (here, on this hardware) and check it against the stored,
+        committed truth: how a published commitment is reproduced on another machine.
+
+        First ``verify_commitment`` (the stored truth is what was committed); then, per split, each row's
+        ``KL(recomputed exact || stored)`` in nats must be at most ``tasks.quantize.VERIFY_MAX_KL`` (float16
+        storage error plus another machine's float rounding; a real change of truth exceeds it). Returns
+        ``{"ok", "tolerance", "placement", "splits": {split: {"kl_mean", "kl_max", "worst_prompt", "rows_over"}}}``.
+        Raises ``SuiteError`` for another target (weights or tokenizer) or another dtype than the committed one: a
+        different truth, which no tolerance admits.
+        """
+        from .quantize import VERIFY_MAX_KL, row_kl
+
+        self._check_target(target)
+        self.verify_commitment()
+        record = self.truth_record()
+        committed = record["committed"]["dtype"]
+        if target.placement["dtype"] != committed:
+            raise SuiteError(f"suite {self.name!r}: the commitment is for {committed} truth, the target runs in "
+                             f"{target.placement['dtype']}: a different truth; load it with --dtype {committed}")
+        report: dict[str, Any] = {"tolerance": VERIFY_MAX_KL, "placement": target.placement, "splits": {}}
+        for split in SPLITS:
+            exact, _ = self._exact(target, split, batch_size, on_progress)
+            ids, stored, _ = self.truth_split(split)
+            kl = row_kl(exact, stored)
+            worst = int(np.argmax(kl)) if len(kl) else 0
+            report["splits"][split] = {"kl_mean": float(kl.mean()) if len(kl) else 0.0,
+                                       "kl_max": float(kl.max()) if len(kl) else 0.0,
+                                       "worst_prompt": ids[worst] if ids else None,
+                                       "rows_over": int((kl > VERIFY_MAX_KL).sum())}
+        report["ok"] = all(r["rows_over"] == 0 for r in report["splits"].values())
+        return report
 
 
 def truth_loader(suite: Suite, split: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:

@@ -48,6 +48,10 @@ def open_fraction(value: float | None) -> float | None:
         raise typer.BadParameter(f"{value} is not strictly between 0 and 1")
     return value
 
+DeviceOpt = Annotated[Literal["cpu", "cuda", "auto"], typer.Option(
+    help="Where the model runs: cpu, cuda (every visible GPU, device_map=auto) or auto (cuda when there is one).")]
+DTypeOpt = Annotated[Literal["float32", "bfloat16", "float16"], typer.Option(
+    help="Precision of the model's weights; log-softmax is always float32. Part of the truth's identity.")]
 OptionsOpt = Annotated[list[str] | None, typer.Option("--option", "-O", help="Predictor option key=value.")]
 
 

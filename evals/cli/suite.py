@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .common import SuiteOpt, console, fail, load_suite, open_fraction, out, progress
+from .common import DeviceOpt, DTypeOpt, SuiteOpt, console, fail, load_suite, open_fraction, out, progress
 
 suite_app = typer.Typer(help="Build and inspect prompt suites.", no_args_is_help=True)
 
@@ -27,6 +27,8 @@ def suite_build(
     = None,
     rebuild: Annotated[bool, typer.Option(help="Rebuild even if an identical suite exists.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Documents per forward pass for truth.")] = 8,
+    device: DeviceOpt = "cpu",
+    dtype: DTypeOpt = "float32",
 ) -> None:
     """Cut a held-out prompt suite from a corpus and compute the target's truth for it; prints the sealed commitment."""
     import dataclasses
@@ -42,7 +44,7 @@ def suite_build(
     try:
         cfg = dataclasses.replace(base or SuiteConfig(name, corpus or ""), **changes)
         with console.status("loading target model"):
-            tgt = load_target(target)
+            tgt = load_target(target, device=device, dtype=dtype)
         existing = None
         try:
             existing = load(name)
@@ -106,25 +108,55 @@ def truth(
     suite: SuiteOpt = "wiki",
     target: Annotated[str | None, typer.Option(help="Target model the suite was built for (default: SmolLM2).")] = None,
     rebuild: Annotated[bool, typer.Option(help="Recompute even if the cache is valid.")] = False,
-    verify: Annotated[bool, typer.Option(help="Only check cached truth hashes and the sealed commitment.")] = False,
+    verify: Annotated[bool, typer.Option(help="Check cached truth hashes and the sealed commitment.")] = False,
+    recompute: Annotated[bool, typer.Option(help="With --verify: recompute the truth here (any hardware) and check "
+                                            "it against the committed truth within the documented tolerance.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Documents per forward pass.")] = 8,
+    device: DeviceOpt = "cpu",
+    dtype: DTypeOpt = "float32",
 ) -> None:
-    """Compute (or verify) the target's true next-token distributions for a suite, cached and hash-checked."""
+    """Compute (or verify) the target's true next-token distributions for a suite, cached and hash-checked.
+
+    Exit status: 0 done or verified, 1 a recomputation does not verify against the commitment, 2 bad input."""
     from tasks import SuiteError, TargetError, load_target
 
+    if recompute and not verify:
+        fail("--recompute checks a recomputation against the committed truth: give it with --verify")
     s = load_suite(suite)
     try:
-        if verify:
+        if verify and not recompute:
             s.truth_split("practice")
             s.verify_commitment()
             out.print(f"truth of {s.name} verified; sealed commitment {s.commitment}")
             return
         with console.status("loading target model"):
-            tgt = load_target(target)
+            tgt = load_target(target, device=device, dtype=dtype)
+        if recompute:
+            verify_recomputed(s, tgt, batch_size=batch_size)
+            return
         compute_truth(s, tgt, rebuild=rebuild, batch_size=batch_size)
     except (SuiteError, TargetError) as e:
         fail(str(e))
-    out.print(f"truth of {s.name} cached in {s.truth_dir}; sealed commitment {s.commitment}")
+    out.print(f"truth of {s.name} cached in {s.truth_dir} ({tgt.placement['dtype']} on {tgt.placement['device']}, "
+              f"stored float16); sealed commitment {s.commitment}")
+
+
+def verify_recomputed(s: Any, tgt: Any, *, batch_size: int) -> None:
+    """Recompute a suite's truth here and compare it with the committed truth; print per split; exit 1 on failure."""
+    with progress() as bar:
+        tasks = {sp: bar.add_task(f"recompute {s.name}/{sp}", total=s.manifest["sizes"][sp])
+                 for sp in ("practice", "sealed")}
+        report = s.verify_recomputed(tgt, batch_size=batch_size,
+                                     on_progress=lambda split, n, total: bar.advance(tasks[split], n))
+    for split, r in report["splits"].items():
+        out.print(f"{split}: KL(recomputed || stored) mean {r['kl_mean']:.2e}, max {r['kl_max']:.2e} nats "
+                  f"(prompt {r['worst_prompt']}); {r['rows_over']} rows over the tolerance {report['tolerance']:g}")
+    where = f"{report['placement']['dtype']} on {report['placement']['device']}"
+    if not report["ok"]:
+        console.print(f"[red]truth of {s.name} recomputed here ({where}) does NOT verify against the sealed "
+                      f"commitment {s.commitment}[/]")
+        raise typer.Exit(1)
+    out.print(f"truth of {s.name} recomputed here ({where}) verifies against the sealed commitment {s.commitment}")
 
 
 def register(app: typer.Typer) -> None:

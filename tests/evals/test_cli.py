@@ -28,6 +28,9 @@ def test_end_to_end(tiny_suite, tmp_path):
     assert code == 0 and "already built" in out and tiny_suite.commitment in out
     code, out = invoke("truth", "--suite", "tiny", "--verify")
     assert code == 0 and "verified" in out
+    code, out = invoke("truth", "--suite", "tiny", "--verify", "--recompute", "--batch-size", "3")
+    assert code == 0 and "float32 on cpu) verifies against the sealed commitment" in out, out
+    assert "0 rows over the tolerance 0.0001" in out
     files = {}
     for name in ("uniform", "unigram"):
         files[name] = tmp_path / f"{name}.jsonl"
@@ -90,6 +93,11 @@ def test_bad_arguments_exit_2_naming_the_argument(tiny_suite, tmp_path):
         (["suite", "build", "x", "--corpus", "wiki", "--practice", "0"], "'--practice'"),
         (["suite", "build", "x", "--corpus", "wiki", "--heldout-fraction", "1.5"], "not strictly between 0 and 1"),
         (["truth", "-s", "tiny", "--batch-size", "0"], "'--batch-size'"),
+        (["truth", "-s", "tiny", "--device", "tpu"], "'--device'"),
+        (["truth", "-s", "tiny", "--dtype", "int3"], "'--dtype'"),
+        (["truth", "-s", "tiny", "--recompute"], "give it with --verify"),
+        (["truth", "-s", "tiny", "--verify", "--recompute", "--dtype", "bfloat16"], "commitment is for float32"),
+        (["truth", "-s", "tiny", "--device", "cuda"], "torch sees no GPU"),
         (["predict", "-p", "uniform", "-s", "tiny", "-o", str(out_file), "-O", "a=1", "-O", "a=2"], "given twice"),
     ]
     for args, message in cases:

@@ -7,6 +7,7 @@ import pytest
 from scipy.special import logsumexp
 
 from tasks.compute import compute_truth, direct_truth
+from tasks.quantize import STORED_ATOL, STORED_RTOL
 
 
 def test_cached_truth_is_normalized_log_probs(tiny_suite):
@@ -21,7 +22,7 @@ def test_cached_truth_equals_direct_forward_pass(tiny_suite, target):
     prompts = tiny_suite.prompts("practice")[:4]
     for p in prompts:
         ref = direct_truth(target.model, p.token_ids, bos_ids=tiny_suite.bos_ids)
-        np.testing.assert_allclose(tiny_suite.truth(p.id), ref, atol=1e-4)
+        np.testing.assert_allclose(tiny_suite.truth(p.id), ref, rtol=STORED_RTOL, atol=STORED_ATOL)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
@@ -29,7 +30,7 @@ def test_batch_size_does_not_change_truth(tiny_suite, target, batch_size):
     prompts = tiny_suite.prompts("sealed")
     _, cached, _ = tiny_suite.truth_split("sealed")
     got = compute_truth(target.model, prompts, bos_ids=tiny_suite.bos_ids, batch_size=batch_size)
-    np.testing.assert_allclose(got, cached, atol=1e-4)
+    np.testing.assert_allclose(got, cached, rtol=STORED_RTOL, atol=STORED_ATOL)  # cached: float16 storage
 
 
 def test_several_cuts_of_one_document_share_a_pass(target, tiny_suite):
@@ -59,23 +60,29 @@ def test_own_forward_keeps_the_default_targets_truth(target, tiny_suite):
         for row, p in zip(cached, tiny_suite.prompts("sealed"), strict=True):
             hidden = target.model.get_decoder()(input_ids=torch.tensor([list(p.token_ids)])).last_hidden_state
             old = torch.log_softmax(target.model.get_output_embeddings()(hidden[0, -1]).float(), dim=-1).numpy()
-            assert np.abs(row - old).max() <= 1e-4
+            np.testing.assert_allclose(row, old, rtol=STORED_RTOL, atol=STORED_ATOL)
 
 
-def _stored(tiny_suite, folder, split, logp, nxt):
-    """Write ``logp``/``nxt`` as a split's truth file in ``folder`` with a record naming it (as write_truth would)."""
+def _stored(tiny_suite, folder, split, logp, nxt, poke=None):
+    """Write ``logp``/``nxt`` as a split's truth file in ``folder`` (float16 and row log-mass, as write_truth stores
+    them; ``poke = (row, col, value)`` is then written into the float16 array) with a record naming it."""
     import hashlib
 
     from safetensors.numpy import save
 
+    from tasks.quantize import quantize
     from tasks.truth import TRUTH_FORMAT
 
-    data = save({"logp": logp, "next_token_id": nxt})
+    q, logz = quantize(logp)
+    if poke is not None:
+        q[poke[0], poke[1]] = poke[2]
+    data = save({"logp_f16": q, "logz": logz, "next_token_id": nxt})
     sha = hashlib.sha256(data).hexdigest()
     (folder / f"{split}-{sha[:16]}.safetensors").write_bytes(data)
     entry = {"file": f"{split}-{sha[:16]}.safetensors", "sha256": sha}
     return {"format": TRUTH_FORMAT, "suite": tiny_suite.name, "version": tiny_suite.version,
-            "target": tiny_suite.target, "files": {"practice": entry, "sealed": entry}, "commitment": "0" * 64}
+            "target": tiny_suite.target, "placement": {"device": "cpu", "dtype": "float32"}, "committed": {},
+            "files": {"practice": entry, "sealed": entry}, "commitment": "0" * 64}
 
 
 @pytest.mark.parametrize(("value", "word"), [(np.nan, "NaN"), (np.inf, r"\+inf")])
@@ -86,9 +93,7 @@ def test_nan_and_plus_inf_in_stored_truth_are_refused(tiny_suite, tmp_path, valu
     from tasks.truth import load_split, read_record
 
     ids, logp, nxt = tiny_suite.truth_split("practice")
-    bad = logp.copy()
-    bad[2, 5] = value
-    record = _stored(tiny_suite, tmp_path, "practice", bad, nxt)
+    record = _stored(tiny_suite, tmp_path, "practice", logp, nxt, poke=(2, 5, value))
     (tmp_path / "truth.json").write_text(json.dumps(record))
     record = read_record(tmp_path, name="tiny", version=tiny_suite.version, target_id=tiny_suite.target["id"])
     with pytest.raises(SuiteError, match=rf"truth of suite 'tiny' \(practice\) row 2 \(prompt {ids[2]}\) holds "
@@ -104,7 +109,8 @@ def test_minus_inf_in_stored_truth_is_legitimate(tiny_suite, tmp_path):
     masked[1, 7] = -np.inf  # a token the target masks out
     record = _stored(tiny_suite, tmp_path, "practice", masked, nxt)
     got, got_nxt = load_split(tmp_path, record, "practice", ids, "tiny")
-    assert got[1, 7] == -np.inf and np.array_equal(got[0], logp[0]) and list(got_nxt) == list(nxt)
+    assert got[1, 7] == -np.inf and list(got_nxt) == list(nxt)
+    np.testing.assert_allclose(got[0], logp[0], rtol=STORED_RTOL, atol=STORED_ATOL)
 
 
 def test_nan_from_the_target_is_never_written(tiny_suite, tmp_path):
