@@ -226,7 +226,12 @@ class Suite:
         """
         from .truth import write_truth
 
+        from .truth import TRUTH_FORMAT, record_format
+
         self._check_target(target)
+        old = record_format(self.truth_dir)
+        if old is not None and old != TRUTH_FORMAT and old.startswith("logitpred-truth/"):
+            rebuild = True  # truth of an older storage format (float32 arrays): recompute it in this one
         record = None if rebuild else self.truth_record()
         if record is not None:
             cached = record["placement"]["dtype"]

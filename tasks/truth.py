@@ -67,6 +67,16 @@ def _fix(name: str) -> str:
     return f"run `logitpred truth --suite {name} --rebuild`"
 
 
+def record_format(folder: Path) -> str | None:
+    """The ``format`` field of ``folder/truth.json`` (None when there is no readable record): lets a caller recompute
+    truth of an older storage format instead of failing on it."""
+    try:
+        rec = read_json(Path(folder) / RECORD)
+    except (OSError, ValueError):
+        return None
+    return rec.get("format") if isinstance(rec, dict) else None
+
+
 def read_record(folder: Path, *, name: str, version: str, target_id: str) -> dict[str, Any] | None:
     """The truth record ``folder/truth.json`` of suite ``name``, or None when truth was never computed there.
 

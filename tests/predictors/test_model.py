@@ -121,3 +121,23 @@ def test_bad_helper_paths_give_clear_errors(ctx, tmp_path, make, match):
 def test_missing_path_option(ctx):
     with pytest.raises(HelperError, match="path="):
         create("model", ctx, allow_unapproved=True)
+
+
+def test_helper_precision_is_part_of_its_identity(ctx, prompts, tiny_helper):
+    """``-O dtype=bfloat16``: the helper runs in bfloat16 (log-softmax in float32), is another predictor for approval
+    and caching, and its predictions stay close to float32's; an unknown dtype or device is refused by name."""
+    from predictors.model import output_settings
+
+    f32 = create("tiny-helper", ctx, allow_unapproved=True, cache=False)
+    bf16 = create("tiny-helper", ctx, allow_unapproved=True, cache=False, dtype="bfloat16")
+    assert "dtype" not in f32.identity()["settings"] and bf16.identity()["settings"]["dtype"] == "bfloat16"
+    assert f32.settings_key != bf16.settings_key
+    assert output_settings(tiny_helper, {"dtype": "bfloat16"})["dtype"] == "bfloat16"
+    assert "dtype" not in output_settings(tiny_helper, {"device": "cpu"})
+    a, b = f32.distributions(prompts[:4]), bf16.distributions(prompts[:4])
+    assert next(load_helper(tiny_helper, dtype="bfloat16").model.parameters()).dtype.__repr__() == "torch.bfloat16"
+    kl = (a * (np.log(a) - np.log(b))).sum(axis=1)
+    assert not np.array_equal(a, b) and kl.max() < 0.05
+    for bad, word in (({"dtype": "int4"}, "dtype 'int4'"), ({"device": "tpu"}, "device 'tpu'")):
+        with pytest.raises(HelperError, match=word):
+            create("tiny-helper", ctx, allow_unapproved=True, **bad)

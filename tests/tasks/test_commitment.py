@@ -155,3 +155,18 @@ def test_another_dtype_is_another_truth(own_suite):
         own_suite.verify_recomputed(bf16)
     with pytest.raises(SuiteError, match="float32 truth cached.*--rebuild"):
         own_suite.compute_truth(bf16)
+
+
+def test_truth_of_an_older_format_is_recomputed_not_refused(own_suite, target):
+    """Truth stored by format 2 (float32 arrays) is recomputed by `logitpred truth` / `suite build` without
+    --rebuild; reading it is refused with the command that fixes it."""
+    from tasks.truth import TRUTH_FORMAT
+
+    path = own_suite.truth_dir / "truth.json"
+    old = {**json.loads(path.read_text()), "format": "logitpred-truth/2"}
+    path.write_text(json.dumps(old))
+    with pytest.raises(SuiteError, match="format 'logitpred-truth/2'.*logitpred truth --suite commit --rebuild"):
+        load_suite("commit").truth_split("sealed")
+    suite = load_suite("commit")
+    assert suite.compute_truth(target) == suite.commitment
+    assert json.loads(path.read_text())["format"] == TRUTH_FORMAT
