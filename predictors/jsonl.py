@@ -135,28 +135,66 @@ class _Validator:
 _WHOLE = np.zeros(0)  # marks a row kept whole in the validator's buffer
 
 
-def _parse_line(n: int, data: bytes) -> Prediction | str | None:
-    """One line's prediction, or the reason it is rejected, or None for a blank line."""
+BLANK = object()  # what ``decode_line`` gives for a blank line
+
+
+class LineError(ValueError):
+    """A line of a JSONL file that is not strict UTF-8 JSON; the message says why, without the line number."""
+
+
+def decode_line(n: int, data: bytes) -> Any:
+    """The JSON value of line ``n`` (1-based) of a JSONL file, or ``BLANK`` for a blank line.
+
+    The byte-level rules every predictions format shares: strict UTF-8 (U+FFFD in the text is a character like any
+    other, bad bytes are not), a byte-order mark only at the start of the file, strict JSON (``tasks.io.loads_json``:
+    no duplicate keys). Raises ``LineError`` naming what is wrong."""
     if n == 1 and data.startswith(BOM_BYTES):
         data = data[len(BOM_BYTES):]
     if not data or data.isspace():  # blank (isspace: no copy of a long line)
-        return None
+        return BLANK
     try:
-        text = data.decode("utf-8")  # strict: U+FFFD in the text is a character like any other, bad bytes are not
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        return f"not valid UTF-8 (byte 0x{data[e.start]:02x} at byte {e.start + 1} of the line); save the file as UTF-8"
+        raise LineError(f"not valid UTF-8 (byte 0x{data[e.start]:02x} at byte {e.start + 1} of the line); save the "
+                        "file as UTF-8") from e
     if text.startswith(BOM):
-        return "starts with a byte-order mark (U+FEFF), allowed only at the start of the file (concatenated files?)"
+        raise LineError("starts with a byte-order mark (U+FEFF), allowed only at the start of the file "
+                        "(concatenated files?)")
     try:
-        obj = loads_json(text)
+        return loads_json(text)
     except json.JSONDecodeError as e:
-        return f"malformed JSON ({e.msg} at column {e.colno})"
+        raise LineError(f"malformed JSON ({e.msg} at column {e.colno})") from e
     except DuplicateKeyError as e:
-        return str(e)
-    except RecursionError:
-        return "malformed JSON (nested too deeply)"
+        raise LineError(str(e)) from e
+    except RecursionError as e:
+        raise LineError("malformed JSON (nested too deeply)") from e
     except ValueError as e:  # e.g. an integer of more digits than Python converts
-        return f"unreadable JSON ({e})"
+        raise LineError(f"unreadable JSON ({e})") from e
+
+
+def raw_lines(path: Path) -> Iterator[tuple[int, bytes | str]]:
+    """``(line number, bytes)`` of a JSONL file (``.gz`` too); a file that cannot be read on (a truncated ``.gz``)
+    ends with ``(n, message)`` for the first unreadable line."""
+    path, n = Path(path), 0
+    # a 1 MiB buffer: a full-vector line is ~262 KB, and 8 KB reads made reading it cost 4x its parsing (a .gz keeps
+    # gzip's own small reads, so a truncated file still yields every line before the damage)
+    opened = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb", buffering=READ_BUFFER)
+    with opened as f:
+        try:
+            for n, data in enumerate(f, 1):
+                yield n, data
+        except (OSError, EOFError, zlib.error) as e:
+            yield n + 1, f"cannot read the file from here on ({e}); later lines are not read"
+
+
+def _parse_line(n: int, data: bytes) -> Prediction | str | None:
+    """One line's prediction, or the reason it is rejected, or None for a blank line."""
+    try:
+        obj = decode_line(n, data)
+    except LineError as e:
+        return str(e)
+    if obj is BLANK:
+        return None
     try:
         return Prediction.from_json(obj)
     except PredictionError as e:
@@ -168,18 +206,10 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Prediction | str]]:
 
     Blank lines are skipped. A file that cannot be read on (a truncated ``.gz``) ends with a message for that line.
     """
-    path, n = Path(path), 0
-    # a 1 MiB buffer: a full-vector line is ~262 KB, and 8 KB reads made reading it cost 4x its parsing (a .gz keeps
-    # gzip's own small reads, so a truncated file still yields every line before the damage)
-    opened = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb", buffering=READ_BUFFER)
-    with opened as f:
-        try:
-            for n, data in enumerate(f, 1):
-                item = _parse_line(n, data)
-                if item is not None:
-                    yield n, item
-        except (OSError, EOFError, zlib.error) as e:
-            yield n + 1, f"cannot read the file from here on ({e}); later lines are not read"
+    for n, data in raw_lines(path):
+        item = data if isinstance(data, str) else _parse_line(n, data)
+        if item is not None:
+            yield n, item
 
 
 def read_jsonl(path: Path) -> tuple[list[tuple[int, Prediction]], list[str]]:

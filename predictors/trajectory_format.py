@@ -26,18 +26,16 @@ Left out: reading step distributions (next-token format), and the suite's assign
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
-import zlib
-from collections.abc import Container, Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from tasks.io import BOM, DuplicateKeyError, atomic_write, loads_json
+from tasks.io import atomic_write
 
-from .jsonl import BOM_BYTES, READ_BUFFER
+from .jsonl import BLANK, LineError, decode_line, raw_lines
 
 LN10 = math.log(10.0)
 POSITIVE_TOL = 1e-6  # largest positive log-probability read as rounding (and clipped to 0)
@@ -170,42 +168,13 @@ def parse_line(obj: Any, known: Mapping[Question, int], *,
 
 
 def _decode(n: int, data: bytes) -> Any:
-    """One line's JSON value, or ``None`` for a blank line; ``TrajectoryError`` for one that is no strict JSON.
-    (The byte-level rules of ``predictors.jsonl``: strict UTF-8, a BOM only at the start of the file.)"""
-    if n == 1 and data.startswith(BOM_BYTES):
-        data = data[len(BOM_BYTES):]
-    if not data or data.isspace():
-        return None
+    """One line's JSON value, or ``None`` for a blank line; ``TrajectoryError`` for one that is no strict JSON
+    (``predictors.jsonl.decode_line``: the byte-level rules every predictions format shares)."""
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise TrajectoryError(f"not valid UTF-8 (byte 0x{data[e.start]:02x} at byte {e.start + 1} of the line); save "
-                              "the file as UTF-8") from e
-    if text.startswith(BOM):
-        raise TrajectoryError("starts with a byte-order mark (U+FEFF), allowed only at the start of the file "
-                              "(concatenated files?)")
-    try:
-        return loads_json(text)
-    except json.JSONDecodeError as e:
-        raise TrajectoryError(f"malformed JSON ({e.msg} at column {e.colno})") from e
-    except DuplicateKeyError as e:
+        obj = decode_line(n, data)
+    except LineError as e:
         raise TrajectoryError(str(e)) from e
-    except RecursionError as e:
-        raise TrajectoryError("malformed JSON (nested too deeply)") from e
-    except ValueError as e:  # e.g. an integer of more digits than Python converts
-        raise TrajectoryError(f"unreadable JSON ({e})") from e
-
-
-def _lines(path: Path) -> Iterator[tuple[int, bytes | None]]:
-    """``(line number, bytes)`` of a file (``.gz`` too); ``None`` as the last line's bytes when reading fails."""
-    path, n = Path(path), 0
-    opened = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb", buffering=READ_BUFFER)
-    with opened as f:
-        try:
-            for n, data in enumerate(f, 1):
-                yield n, data
-        except (OSError, EOFError, zlib.error):
-            yield n + 1, None
+    return None if obj is BLANK else obj
 
 
 def validate_file(path: Path, known: Mapping[Question, int]) -> ValidatedFile:
@@ -219,9 +188,9 @@ def validate_file(path: Path, known: Mapping[Question, int]) -> ValidatedFile:
     first: dict[Question, int] = {}  # question -> the line that claimed it
     accepted: list[TrajectoryPrediction] = []
     rejected: list[Rejection] = []
-    for n, data in _lines(path):
-        if data is None:
-            rejected.append(Rejection(n, None, "cannot read the file from here on; later lines are not read"))
+    for n, data in raw_lines(path):
+        if isinstance(data, str):
+            rejected.append(Rejection(n, None, data))
             break
         ids = None
         try:
