@@ -15,12 +15,18 @@ continuation must stay hidden from every other prompt of the suite, in either sp
   before its end, so the next window's prompt starts at least ``GUARD`` tokens after the cut: the realized token and the
   ``GUARD - 1`` tokens after it are never shown. (Text further on in the same source may appear in another window's
   prompt; it says where the text goes, not what the next token is.)
+- Trajectory suites (``continuation = M > 0``): the window holds the prompt and its *realized continuation*, the
+  document's next ``M`` tokens (``continuation_ids`` of the row), which must decode to text that, after the prompt's
+  text, re-encodes to exactly prompt + continuation ids. The guard grows to ``guard(M) = max(GUARD, M + 1)``, so no
+  other prompt shows a token of a realized continuation (nor the token after it); a last window keeps ``M`` tokens after
+  its cut. Prompt + continuation (+ BOS) fit the target's context: prompts are cut at most ``context - BOS - M`` long.
 - One window per passage is preferred; more are used only when the held-out passages are too few for the sizes asked
   (``cuts_per_doc`` fixes the number instead).
 
 Token coordinates: a source's tokens are its passages' tokens one after another; every prompt row records ``source``,
 ``passage``, ``offset`` (the passage's first token), and ``start`` and ``cut`` in source coordinates, so ``leaks``
-can check the invariant from the rows alone. ``doc`` (the truth group key) is ``<passage>@<start>``: one per window.
+can check the invariant from the rows alone (with M > 0, from ``len(continuation_ids)`` as well). ``doc`` (the truth
+group key) is ``<passage>@<start>``: one per window.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from .corpora import BUILTIN, Document, read_corpus, split_documents
 from .tokens import encode_text, special_ids
 from .truth import SPLITS, SuiteError
 
-GUARD = 32  # tokens from a cut on (the realized token first) that no prompt of the suite may show
+GUARD = 32  # tokens from a cut on (the realized token first) that no prompt of the suite may show (at least M + 1)
 ALIGN = 16  # a window boundary moves back at most this many tokens to a word start
 TRIES = 8  # cut positions tried per window before giving it up (the text must re-encode exactly)
 
@@ -72,15 +78,36 @@ def windows(ids: Sequence[int], size: int, tokenizer: Any) -> list[tuple[int, in
     return out
 
 
-def _cut(w: Window, ids: Sequence[int], tokenizer: Any, seed: int, min_context: int) -> tuple[int, str] | None:
-    """One cut (passage coordinates) in window ``w`` whose prompt text re-encodes to exactly its ids, or None."""
-    hi = w.end - 1 if w.last else w.end - GUARD
+def guard(m: int = 0) -> int:
+    """Tokens from a cut on that no other prompt may show, for realized continuations of ``m`` tokens (0: a next-token
+    suite): ``max(GUARD, m + 1)``, the realized continuation and at least the token after it."""
+    return max(GUARD, m + 1)
+
+
+def continuation_length(config: Any) -> int:
+    """``M``, the realized continuation's length, of a ``SuiteConfig`` (or a manifest's config dict); 0 for a
+    next-token suite or a config from before trajectory suites."""
+    m = config.get("continuation", 0) if isinstance(config, Mapping) else getattr(config, "continuation", 0)
+    return int(m or 0)
+
+
+def _cut(w: Window, ids: Sequence[int], tokenizer: Any, seed: int, min_context: int,
+         m: int = 0) -> tuple[int, str, str | None] | None:
+    """One cut (passage coordinates) in window ``w`` whose prompt text re-encodes to exactly its ids, and, with
+    ``m > 0``, whose ``m`` next tokens decode to a text that after the prompt's text re-encodes to exactly prompt and
+    continuation ids: ``(cut, prompt text, continuation text or None)``, or None."""
+    hi = w.end - max(m, 1) if w.last else w.end - guard(m)
     candidates = list(range(w.start + min_context, hi + 1))
     random.Random(f"logitpred-cut:{seed}:{w.passage}:{w.start}").shuffle(candidates)
     for cut in candidates[:TRIES]:
         text = tokenizer.decode(ids[w.start:cut], clean_up_tokenization_spaces=False)
-        if encode_text(tokenizer, text) == list(ids[w.start:cut]):
-            return cut, text
+        if encode_text(tokenizer, text) != list(ids[w.start:cut]):
+            continue
+        if not m:
+            return cut, text, None
+        follow = tokenizer.decode(ids[cut : cut + m], clean_up_tokenization_spaces=False)
+        if encode_text(tokenizer, text + follow) == list(ids[w.start : cut + m]):
+            return cut, text, follow
     return None
 
 
@@ -102,12 +129,15 @@ def prompt_rows(config: Any, tokenizer: Any, *, docs: list[Document] | None = No
 
     ``config`` is a ``SuiteConfig``; ``docs`` defaults to ``read_corpus(config.corpus)``. Each row holds ``id``,
     ``doc`` (truth group key), ``source``, ``passage``, ``offset``, ``start``, ``cut`` (token offsets, source
-    coordinates), ``text``, ``token_ids`` (``cut - start`` ids) and ``next_token_id``. Deterministic in the config,
-    ``context`` (positions a target input may hold; None: no limit) and ``n_bos`` (its BOS tokens): a prompt holds at
-    most ``context - n_bos`` tokens (``window_size``). Raises ``SuiteError`` naming the cause when the held-out text
-    cannot give the sizes asked, or the context leaves no room after ``min_context``.
+    coordinates), ``text``, ``token_ids`` (``cut - start`` ids) and ``next_token_id``; with ``config.continuation =
+    M > 0`` also ``continuation_ids`` (the document's ``M`` ids from the cut on, the first being ``next_token_id``) and
+    ``continuation_text``. Deterministic in the config, ``context`` (positions a target input may hold; None: no limit)
+    and ``n_bos`` (its BOS tokens): a prompt holds at most ``context - n_bos - M`` tokens (``window_size``). Raises
+    ``SuiteError`` naming the cause when the held-out text cannot give the sizes asked, or the context leaves no room
+    after ``min_context``.
     """
     size = window_size(config, context, n_bos)
+    m = continuation_length(config)
     docs = read_corpus(config.corpus) if docs is None else docs
     _, held = split_documents(docs, seed=config.seed, heldout_fraction=config.heldout_fraction)
     groups: dict[str, list[Document]] = defaultdict(list)
@@ -149,9 +179,9 @@ def prompt_rows(config: Any, tokenizer: Any, *, docs: list[Document] | None = No
                 if w_index >= k or len(rows[split]) >= need[split]:
                     continue
                 if w not in cuts:
-                    cuts[w] = _cut(w, tokens[w.passage], tokenizer, config.seed, config.min_context)
+                    cuts[w] = _cut(w, tokens[w.passage], tokenizer, config.seed, config.min_context, m)
                 if cuts[w] is not None:
-                    rows[split].append(_row(config.name, w, *cuts[w], tokens[w.passage]))
+                    rows[split].append(_row(config.name, w, *cuts[w], tokens[w.passage], m))
             if on_progress:
                 on_progress(sum(len(r) for r in rows.values()), total)
         if all(len(rows[s]) >= need[s] for s in SPLITS):
@@ -160,31 +190,41 @@ def prompt_rows(config: Any, tokenizer: Any, *, docs: list[Document] | None = No
 
 
 def window_size(config: Any, context: int | None, n_bos: int = 0) -> int:
-    """Tokens a window holds at most (prompt and realized token): ``min(max_doc_tokens, context - n_bos) + 1``, so
-    every prompt fits the target's context with its BOS. Raises ``SuiteError`` naming the sizes when ``context - n_bos``
-    is not above ``min_context``."""
+    """Tokens a window holds at most: a prompt of at most ``min(max_doc_tokens, context - n_bos - M)`` tokens and its
+    realized continuation of ``max(M, 1)`` tokens (``M = config.continuation``; 0: the realized next token), so every
+    prompt with its continuation and BOS fits the target's context. Raises ``SuiteError`` naming the sizes when
+    ``context - n_bos - M`` is not above ``min_context``."""
+    m = continuation_length(config)
     if context is None:
-        return config.max_doc_tokens + 1
-    if context - n_bos <= config.min_context:
-        raise SuiteError(f"suite {config.name!r}: the target's context of {context} positions, minus {n_bos} BOS, "
-                         f"leaves prompts at most {context - n_bos} tokens, not more than min_context "
-                         f"({config.min_context}): lower --min-context or choose a target with a longer context")
-    return min(config.max_doc_tokens, context - n_bos) + 1
+        return config.max_doc_tokens + max(m, 1)
+    room = context - n_bos - m
+    if room <= config.min_context:
+        minus = f"minus {n_bos} BOS" + (f" and {m} continuation tokens (--continuation)" if m else "")
+        raise SuiteError(f"suite {config.name!r}: the target's context of {context} positions, {minus}, "
+                         f"leaves prompts at most {room} tokens, not more than min_context "
+                         f"({config.min_context}): lower --min-context"
+                         + (" or --continuation" if m else "") + " or choose a target with a longer context")
+    return min(config.max_doc_tokens, room) + max(m, 1)
 
 
-def _row(suite: str, w: Window, cut: int, text: str, ids: Sequence[int]) -> dict[str, Any]:
+def _row(suite: str, w: Window, cut: int, text: str, follow: str | None, ids: Sequence[int],
+         m: int = 0) -> dict[str, Any]:
     start, at = w.offset + w.start, w.offset + cut
-    return {"id": f"{suite}-" + hashlib.sha256(f"{w.source}@{at}".encode()).hexdigest()[:12],
-            "doc": f"{w.passage}@{start}", "source": w.source, "passage": w.passage, "offset": w.offset,
-            "start": start, "cut": at, "text": text, "token_ids": list(ids[w.start:cut]), "next_token_id": ids[cut]}
+    row = {"id": f"{suite}-" + hashlib.sha256(f"{w.source}@{at}".encode()).hexdigest()[:12],
+           "doc": f"{w.passage}@{start}", "source": w.source, "passage": w.passage, "offset": w.offset,
+           "start": start, "cut": at, "text": text, "token_ids": list(ids[w.start:cut]), "next_token_id": ids[cut]}
+    if m:
+        row.update(continuation_ids=list(ids[cut : cut + m]), continuation_text=follow)
+    return row
 
 
 def _shortfall(config: Any, rows: dict[str, list[Any]], docs: list[Document], groups: Mapping[str, Any],
                damaged: set[str], per_source: Mapping[str, list[Any]], cuts: Mapping[Window, Any], size: int) -> str:
     n_sources = len({d.source for d in docs})
     held = len(groups) + len(damaged)
+    m = continuation_length(config)
     usable = sum(1 for items in per_source.values() for *_, w in items
-                 if w.end - w.start > config.min_context + (0 if w.last else GUARD - 1))
+                 if w.end - w.start > config.min_context + (max(m, 1) - 1 if w.last else guard(m) - 1))
     got = ", ".join(f"{len(rows[s])} of {n} {s}" for s, n in (("practice", config.practice),
                                                                ("sealed", config.sealed)))
     were = "was" if held == 1 else "were"
@@ -204,8 +244,11 @@ def leaks(rows: Mapping[str, Sequence[Mapping[str, Any]]] | Sequence[Mapping[str
     """Every way the prompt ``rows`` (by split, or one list) show what another prompt hides; [] when none.
 
     Checked in source token coordinates: a prompt shows exactly ``cut - start`` tokens; no prompt shows any of the
-    ``GUARD`` tokens from another prompt's cut on (so none covers another's cut, and none begins right after it); no
-    two prompts share a cut; no source has prompts in two splits.
+    ``guard(M)`` tokens from another prompt's cut on (``GUARD``, or ``M + 1`` for a row whose realized continuation
+    ``continuation_ids`` holds ``M > GUARD - 1`` tokens: so none covers another's cut or realized continuation, and
+    none begins right after them); no two prompts share a cut; no source has prompts in two splits. (A realized
+    continuation shown as a question shows ``[cut, cut + M)``, inside the guard, so it can reach no other prompt's cut
+    either.)
     """
     flat = ([(s, r) for s, rs in rows.items() for r in rs] if isinstance(rows, Mapping)
             else [("", r) for r in rows])
@@ -226,26 +269,35 @@ def leaks(rows: Mapping[str, Sequence[Mapping[str, Any]]] | Sequence[Mapping[str
                 if q["cut"] == p["cut"]:
                     if i < j:
                         problems.append(f"prompts {p['id']} and {q['id']} share the cut {p['cut']} of {source!r}")
-                elif q["start"] < p["cut"] + GUARD and q["cut"] > p["cut"]:
+                elif q["start"] < p["cut"] + (g := guard(len(p.get("continuation_ids") or ()))) \
+                        and q["cut"] > p["cut"]:
                     problems.append(f"prompt {q['id']} shows tokens [{q['start']}, {q['cut']}) of {source!r}: within "
-                                    f"{GUARD} tokens from prompt {p['id']}'s cut at {p['cut']}")
+                                    f"{g} tokens from prompt {p['id']}'s cut at {p['cut']}")
     return problems
 
 
 def too_long(rows: Mapping[str, Sequence[Mapping[str, Any]]], context: int | None, n_bos: int) -> list[str]:
-    """Every prompt row (by split) whose model input, ``n_bos`` BOS tokens and its ``token_ids``, holds more than
-    ``context`` positions, naming the sizes; [] when none fit badly or ``context`` is None."""
+    """Every prompt row (by split) whose model input, ``n_bos`` BOS tokens, its ``token_ids`` and its realized
+    continuation (``continuation_ids``, when the suite has them), holds more than ``context`` positions, naming the
+    sizes; [] when none fit badly or ``context`` is None."""
     if context is None:
         return []
-    return [f"prompt {r['id']} has {len(r['token_ids'])} tokens: with {n_bos} BOS that is "
-            f"{n_bos + len(r['token_ids'])} positions, more than the target's context of {context}"
-            for rs in rows.values() for r in rs if n_bos + len(r["token_ids"]) > context]
+    out = []
+    for rs in rows.values():
+        for r in rs:
+            n, m = len(r["token_ids"]), len(r.get("continuation_ids") or ())
+            if n_bos + n + m > context:
+                what = f"{n} tokens" + (f" and a continuation of {m}" if m else "")
+                out.append(f"prompt {r['id']} has {what}: with {n_bos} BOS that is {n_bos + n + m} positions, more "
+                           f"than the target's context of {context}")
+    return out
 
 
 def control_tokens(rows: Mapping[str, Sequence[Mapping[str, Any]]], tokenizer: Any) -> list[str]:
-    """Every prompt row (by split) whose ``token_ids`` or ``next_token_id`` holds a control token of ``tokenizer``
-    (``tasks.tokens.special_ids``: BOS, ``<|endoftext|>``, ...); [] when none. Corpus text is always encoded as text."""
+    """Every prompt row (by split) whose ``token_ids``, ``next_token_id`` or ``continuation_ids`` holds a control
+    token of ``tokenizer`` (``tasks.tokens.special_ids``: BOS, ``<|endoftext|>``, ...); [] when none. Corpus text is
+    always encoded as text."""
     special = special_ids(tokenizer)
     return [f"prompt {r['id']} holds control token id(s) {sorted(bad)}"
             for rs in rows.values() for r in rs
-            if (bad := special & {*r["token_ids"], r["next_token_id"]})]
+            if (bad := special & {*r["token_ids"], r["next_token_id"], *(r.get("continuation_ids") or ())})]

@@ -10,6 +10,12 @@ under ``<data_dir>/truth/<name>/<version>-<target id>/`` (see ``tasks.truth``: a
 Prompts (``tasks.cuts``): whole held-out source documents go to one split; each passage is divided into
 non-overlapping windows with at most one cut each, so no prompt shows another prompt's realized continuation.
 
+Trajectory suites (``continuation = M > 0``): each prompt row also carries its realized continuation (the document's
+next ``M`` tokens); the manifest gains a ``trajectory`` section (``tasks.trajectory.spec``) and a behaviour file, if
+any, is kept in the folder as ``behaviours.jsonl`` (its sha256 is part of the version, its path is not). Continuation
+sets and their truth are built with the target (``tasks.trajectory``). A next-token suite's version is computed as
+before trajectory suites existed (the new config fields at their defaults are left out of it).
+
 The sealed commitment (``tasks.truth.commitment_of``) binds the sealed prompts, the target's identity, its dtype and the
 stored sealed truth: publish it at build time, check it before scoring, and reproduce it on other hardware with
 ``Suite.verify_recomputed`` (``logitpred truth --verify --recompute``).
@@ -51,9 +57,13 @@ class SuiteConfig:
     practice: int = 200
     sealed: int = 200
     min_context: int = 16
-    max_doc_tokens: int = 512  # windows hold at most max_doc_tokens + 1 tokens (prompt and realized token)
+    max_doc_tokens: int = 512  # windows hold at most max_doc_tokens + max(continuation, 1) tokens (prompt and
+    # realized token or continuation)
     cuts_per_doc: int | None = None  # windows (one cut each) per passage; None: the fewest that reach the sizes
     max_docs: int | None = None  # consider only this many held-out source documents (tiny suites)
+    continuation: int = 0  # M: tokens of each prompt's continuations (0: a next-token suite)
+    samples: int = 0  # K: continuations sampled from the target per prompt (needs continuation > 0)
+    behaviours: str | None = None  # JSONL of {"id", "text"}: given continuations (needs continuation > 0)
 
     def __post_init__(self) -> None:
         def bad(what: str, option: str = "") -> SuiteError:
@@ -74,6 +84,29 @@ class SuiteConfig:
         for f in ("cuts_per_doc", "max_docs"):
             if getattr(self, f) is not None and (not isinstance(getattr(self, f), int) or getattr(self, f) < 1):
                 raise bad(f"{f} must be None or a whole number >= 1, got {getattr(self, f)!r}")
+        for f, option in (("continuation", "--continuation"), ("samples", "--samples")):
+            if not isinstance(getattr(self, f), int) or isinstance(getattr(self, f), bool) or getattr(self, f) < 0:
+                raise bad(f"{f} must be a whole number >= 0, got {getattr(self, f)!r}", option)
+        if self.behaviours is not None and (not isinstance(self.behaviours, str) or not self.behaviours):
+            raise bad(f"behaviours must be None or a file path, got {self.behaviours!r}", "--behaviours")
+        if not self.continuation and (self.samples or self.behaviours):
+            raise bad("samples and behaviours need continuations: give continuation M > 0", "--continuation")
+
+
+TRAJECTORY_FIELDS = ("continuation", "samples", "behaviours")
+
+
+def version_config(config: SuiteConfig, behaviours_sha256: str | None = None) -> dict[str, Any]:
+    """The config as the suite version hashes it: ``dataclasses.asdict(config)`` without the trajectory fields for a
+    next-token suite (so its version is what it was before they existed), and with the behaviour file's sha256 in
+    place of its path for a trajectory suite (the same file gives the same suite wherever it lies)."""
+    d = dataclasses.asdict(config)
+    if not config.continuation:
+        for f in TRAJECTORY_FIELDS:
+            d.pop(f)
+    elif config.behaviours:
+        d["behaviours"] = f"sha256:{behaviours_sha256}"
+    return d
 
 
 PRESETS: dict[str, SuiteConfig] = {
@@ -90,7 +123,8 @@ def build_command(config: dict[str, Any]) -> str:
     base = dataclasses.asdict(PRESETS[name]) if name in PRESETS else {"corpus": None, **{
         f.name: f.default for f in dataclasses.fields(SuiteConfig) if f.default is not dataclasses.MISSING}}
     options = {"corpus": "--corpus", "practice": "--practice", "sealed": "--sealed", "seed": "--seed",
-               "heldout_fraction": "--heldout-fraction", "min_context": "--min-context"}
+               "heldout_fraction": "--heldout-fraction", "min_context": "--min-context",
+               "continuation": "--continuation", "samples": "--samples", "behaviours": "--behaviours"}
     args = [f"{flag} {config[k]}" for k, flag in options.items() if k in config and config[k] != base.get(k)]
     return " ".join(["logitpred suite build", name, *args, "--rebuild"])
 
@@ -105,6 +139,8 @@ class Prompt:
     source: str = ""  # source document (split unit); start and cut are token offsets in its coordinates
     start: int = 0
     cut: int = 0
+    continuation_ids: tuple[int, ...] = ()  # trajectory suites: the document's next M tokens (realized continuation)
+    continuation_text: str | None = None  # their text (after the prompt's text it encodes to prompt + continuation)
 
 
 @dataclass
@@ -146,11 +182,7 @@ class Suite(SuiteTruth):
         """The prompts of ``split`` (``practice`` or ``sealed``), in file order."""
         _check_split(split)
         if split not in self._prompts:
-            self._prompts[split] = [
-                Prompt(o["id"], o["doc"], o["text"], tuple(o["token_ids"]), o["next_token_id"], o["source"],
-                       o["start"], o["cut"])
-                for o in _read_jsonl(self.path / f"{split}.jsonl")
-            ]
+            self._prompts[split] = [_prompt(o) for o in _read_jsonl(self.path / f"{split}.jsonl")]
         return list(self._prompts[split])
 
     @cached_property
@@ -183,6 +215,12 @@ def truth_loader(suite: Suite, split: str) -> Callable[[], tuple[np.ndarray, np.
         return load_split(folder, record, split, ids, name)
 
     return load
+
+
+def _prompt(o: dict[str, Any]) -> Prompt:
+    """A ``Prompt`` from a prompt row (a line of ``<split>.jsonl``, or ``tasks.cuts.prompt_rows``)."""
+    return Prompt(o["id"], o["doc"], o["text"], tuple(o["token_ids"]), o["next_token_id"], o["source"], o["start"],
+                  o["cut"], tuple(o.get("continuation_ids") or ()), o.get("continuation_text"))
 
 
 def _check_split(split: str) -> None:
@@ -233,12 +271,19 @@ def build_suite(config: SuiteConfig, tokenizer: Any, identity: Any, vocab_size: 
     ``context`` (default: ``identity.context``, from the target's config) is the most positions a model input may hold:
     prompts are cut so that BOS plus prompt fit it (``max_doc_tokens`` clamped). The build is written to a fresh
     folder, synced, then published by an atomic link switch; the previous build of the same name is deleted after the
-    switch. Raises ``SuiteError`` when the corpus cannot give the sizes asked, the context leaves no room after
-    ``min_context``, or (never expected) a prompt leaks, exceeds the context or holds a control token.
+    switch. With ``config.continuation = M > 0`` prompts leave room for ``M`` continuation tokens in the context, rows
+    carry their realized continuation, and the behaviour file (if any) is checked against every prompt
+    (``tasks.trajectory.spec.manifest_section``). Raises ``SuiteError`` when the corpus cannot give the sizes asked, the
+    context leaves no room after ``min_context`` (and ``M``), the behaviour file is bad or one of its behaviours fits
+    no prompt, or (never expected) a prompt leaks, exceeds the context or holds a control token.
     """
     from .cuts import control_tokens, leaks, prompt_rows, too_long
     from .target import bos_ids
 
+    if config.behaviours:
+        from .trajectory.behaviours import read_behaviours
+
+        read_behaviours(config.behaviours)  # a bad file fails before the prompts are cut
     context = context or getattr(identity, "context", None)
     n_bos = len(bos_ids(tokenizer))
     rows = prompt_rows(config, tokenizer, on_progress=on_progress, context=context, n_bos=n_bos)
@@ -246,12 +291,17 @@ def build_suite(config: SuiteConfig, tokenizer: Any, identity: Any, vocab_size: 
     if problems:  # prompt_rows guarantees none; never publish a suite that breaks the invariants
         raise SuiteError(f"internal error, suite {config.name!r} not written: {len(problems)} problem(s), first: "
                          f"{problems[0]}")
+    section, behaviours = None, None
+    if config.continuation:
+        from .trajectory.spec import manifest_section
+
+        section, behaviours = manifest_section(config, {s: [_prompt(r) for r in rows[s]] for s in SPLITS}, tokenizer)
     builds = data_dir() / "suite-builds" / config.name
     builds.mkdir(parents=True, exist_ok=True)
     with open(builds.parent / f".{config.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build of a name at a time: each deletes the others' folders
         build = builds / uuid.uuid4().hex[:12]
-        _write_build(build, config, rows, tokenizer, identity, vocab_size, context)
+        _write_build(build, config, rows, tokenizer, identity, vocab_size, context, section, behaviours)
         crash_point("suite:before-link")
         publish_link(suite_dir(config.name), build)
         crash_point("suite:after-link")
@@ -266,8 +316,10 @@ def build_suite(config: SuiteConfig, tokenizer: Any, identity: Any, vocab_size: 
 
 
 def _write_build(build: Path, config: SuiteConfig, rows: dict[str, list[dict[str, Any]]], tokenizer: Any,
-                 identity: Any, vocab_size: int, context: int | None) -> None:
-    """Write a complete suite folder at ``build`` (not yet published) and sync it to disk."""
+                 identity: Any, vocab_size: int, context: int | None, section: dict[str, Any] | None = None,
+                 behaviours: bytes | None = None) -> None:
+    """Write a complete suite folder at ``build`` (not yet published) and sync it to disk; ``section`` is a trajectory
+    suite's manifest section, ``behaviours`` its behaviour file's bytes (kept as ``behaviours.jsonl``)."""
     from .target import bos_ids
     from .tokens import train_tokens, unigram_distribution
 
@@ -281,7 +333,10 @@ def _write_build(build: Path, config: SuiteConfig, rows: dict[str, list[dict[str
                           heldout_fraction=config.heldout_fraction)
     np.save(build / "background.npy", unigram_distribution(stream.tokens, vocab_size))
     tokenizer.save_pretrained(build / "tokenizer")
-    h = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+    if behaviours is not None:
+        (build / "behaviours.jsonl").write_bytes(behaviours)
+    beh_sha = section["behaviours"]["sha256"] if section and section["behaviours"] else None
+    h = hashlib.sha256(json.dumps(version_config(config, beh_sha), sort_keys=True).encode())
     for s in SPLITS:
         h.update((build / f"{s}.jsonl").read_bytes())
     h.update(identity.tokenizer_sha256.encode())
@@ -295,6 +350,8 @@ def _write_build(build: Path, config: SuiteConfig, rows: dict[str, list[dict[str
                       "train_tokens": int(stream.tokens.size), "train_documents": len(stream.doc_ids)},
         "sealed_prompts_sha256": sha256_file(build / "sealed.jsonl"),
     }
+    if section is not None:
+        manifest["trajectory"] = section
     (build / "manifest.json").write_text(json.dumps(manifest, indent=2))
     fsync_tree(build)
 

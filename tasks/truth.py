@@ -124,8 +124,8 @@ def mmap_safetensors(path: Path) -> dict[str, np.ndarray]:
     The safetensors Python API copies tensors into memory; the format is simple enough to map directly: an 8-byte
     little-endian header length, a JSON header giving each tensor's dtype, shape and byte range, then the data
     (https://github.com/huggingface/safetensors#format). Raises ``ValueError`` for a malformed header or a dtype other
-    than F16, F32, I64."""
-    dtypes = {"F16": "<f2", "F32": "<f4", "I64": "<i8"}
+    than F16, F32, F64, I64 (F64: the per-continuation sums of ``tasks.trajectory``)."""
+    dtypes = {"F16": "<f2", "F32": "<f4", "F64": "<f8", "I64": "<i8"}
     with open(path, "rb") as f:
         size = int.from_bytes(f.read(8), "little")
         header = loads_json(f.read(size))
