@@ -153,6 +153,10 @@ class SuiteTruth:
             raise SuiteError(f"suite {self.name!r}: sealed prompts, target or truth do not match the published "
                              f"commitment: rebuild with `{_rebuild(self)}` and publish the "
                              "new one")
+        from .trajectory import spec, verify_trajectories
+
+        if spec(self) is not None:  # a trajectory suite: its continuations and their truth, committed apart
+            verify_trajectories(self)
 
     def verify_recomputed(self, target: Any, *, batch_size: int = 8,
                           on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from .common import DeviceOpt, DTypeOpt, SuiteOpt, console, fail, load_suite, open_fraction, out, progress
+from .common import (
+    DeviceOpt,
+    DTypeOpt,
+    SplitOpt,
+    SuiteOpt,
+    console,
+    fail,
+    load_suite,
+    open_fraction,
+    out,
+    progress,
+)
 
 suite_app = typer.Typer(help="Build and inspect prompt suites.", no_args_is_help=True)
 
@@ -25,12 +37,23 @@ def suite_build(
                                                            "for prompts (the rest is train text); default 0.1.")] = None,
     min_context: Annotated[int | None, typer.Option(min=1, help="Fewest tokens of context before a cut.")]
     = None,
+    continuation: Annotated[int | None, typer.Option(min=0, help="M: a trajectory suite whose prompts carry "
+                                                     "continuations of M target tokens (8 is a good start); 0: "
+                                                     "next-token questions only (the default).")] = None,
+    samples: Annotated[int | None, typer.Option(min=0, help="K: continuations sampled from the target per prompt "
+                                                "(temperature 1, seeded); needs --continuation.")] = None,
+    behaviours: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True,
+                                                    help="JSONL of {\"id\", \"text\"}: given continuations applied "
+                                                    "to every prompt; needs --continuation.")] = None,
     rebuild: Annotated[bool, typer.Option(help="Rebuild even if an identical suite exists.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Documents per forward pass for truth.")] = 8,
     device: DeviceOpt = "cpu",
     dtype: DTypeOpt = "float32",
 ) -> None:
-    """Cut a held-out prompt suite from a corpus and compute the target's truth for it; prints the sealed commitment."""
+    """Cut a held-out prompt suite from a corpus and compute the target's truth for it; prints the sealed commitment.
+
+    With --continuation M it is a trajectory suite: each prompt also carries continuations (realized, --samples K
+    sampled from the target, --behaviours given), and their truth by the chain rule is computed too."""
     import dataclasses
 
     from tasks import PRESETS, CorpusError, SuiteConfig, SuiteError, TargetError, build_suite, load_target
@@ -40,7 +63,9 @@ def suite_build(
     if base is None and corpus is None:
         fail(f"{name!r} is not a preset ({', '.join(PRESETS)}); give --corpus to build a new suite")
     changes = {k: v for k, v in dict(corpus=corpus, practice=practice, sealed=sealed, seed=seed, min_context=min_context,
-                                     heldout_fraction=heldout_fraction).items() if v is not None}
+                                     heldout_fraction=heldout_fraction, continuation=continuation, samples=samples,
+                                     behaviours=str(behaviours.resolve()) if behaviours else None).items()
+               if v is not None}
     try:
         cfg = dataclasses.replace(base or SuiteConfig(name, corpus or ""), **changes)
         with console.status("loading target model"):
@@ -50,8 +75,9 @@ def suite_build(
             existing = load(name)
         except SuiteError:
             pass
-        if (existing and not rebuild and existing.manifest["config"] == dataclasses.asdict(cfg)
-                and existing.target["id"] == tgt.identity.id):
+        if (existing and not rebuild and existing.target["id"] == tgt.identity.id
+                and {**dataclasses.asdict(SuiteConfig("x", "x")), **existing.manifest["config"]}
+                == dataclasses.asdict(cfg)):  # configs written before a field existed have its default
             console.print(f"suite [bold]{name}[/] {existing.version} already built: reusing it (--rebuild to redo)")
             suite = existing
         else:
@@ -60,11 +86,31 @@ def suite_build(
                 suite = build_suite(cfg, tgt.tokenizer, tgt.identity, tgt.vocab_size,
                                     on_progress=lambda n, total: bar.update(task, completed=n))
         compute_truth(suite, tgt, rebuild=rebuild, batch_size=batch_size)
+        trajectory = build_trajectories(suite, tgt, rebuild=rebuild, batch_size=batch_size)
     except (CorpusError, SuiteError, TargetError) as e:
         fail(str(e))
     out.print(f"suite [bold]{suite.name}[/] version {suite.version}: {suite.manifest['sizes']} prompts, target "
               f"{suite.target['name']} ({suite.target['id']})")
     out.print(f"sealed commitment (publish it): [bold]{suite.commitment}[/]")
+    if trajectory:
+        out.print(f"trajectory commitment (publish it; covers the sealed continuations and their truth): "
+                  f"[bold]{trajectory}[/]")
+
+
+def build_trajectories(suite: Any, tgt: Any, *, rebuild: bool, batch_size: int) -> str | None:
+    """For a trajectory suite, build (or reuse) its continuation sets and their chain-rule truth with a progress bar;
+    return the trajectory commitment (None for a next-token suite)."""
+    from tasks.trajectory import build_trajectories as build
+    from tasks.trajectory import spec
+
+    if spec(suite) is None:
+        return None
+    with progress() as bar:
+        tasks = {s: bar.add_task(f"continuations {suite.name}/{s}", total=suite.manifest["sizes"][s])
+                 for s in ("practice", "sealed")}
+        record = build(suite, tgt, rebuild=rebuild, batch_size=batch_size,
+                       on_progress=lambda split, n, total: bar.update(tasks[split], completed=n))
+    return record["trajectory_commitment"]
 
 
 def compute_truth(suite: Any, tgt: Any, *, rebuild: bool, batch_size: int) -> None:
@@ -94,6 +140,27 @@ def suite_list() -> None:
                       str(s.manifest["sizes"]["sealed"]), s.target["name"], "yes" if s.has_truth() else "no",
                       (s.commitment or "-")[:16])
     out.print(table)
+
+
+@suite_app.command("questions")
+def suite_questions(
+    name: Annotated[str, typer.Argument(help="Suite name or folder.")],
+    split: SplitOpt = "practice",
+) -> None:
+    """Print, as JSONL, exactly what a predictor may see of a split: one line per prompt (prompt_id, text, token_ids)
+    and one per whole-continuation question (prompt_id, continuation_id, kind, text, token_ids of the continuation).
+    Sampled continuations are never shown whole."""
+    import sys
+
+    from tasks import SuiteError
+    from tasks.trajectory import questions
+
+    s = load_suite(name)
+    try:
+        for line in questions(s, split):
+            sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+    except SuiteError as e:
+        fail(str(e))
 
 
 @suite_app.command("show")
@@ -135,8 +202,11 @@ def truth(
             verify_recomputed(s, tgt, batch_size=batch_size)
             return
         compute_truth(s, tgt, rebuild=rebuild, batch_size=batch_size)
+        trajectory = build_trajectories(s, tgt, rebuild=rebuild, batch_size=batch_size)
     except (SuiteError, TargetError) as e:
         fail(str(e))
+    if trajectory:
+        out.print(f"continuations of {s.name} and their truth cached; trajectory commitment {trajectory}")
     out.print(f"truth of {s.name} cached in {s.truth_dir} ({tgt.placement['dtype']} on {tgt.placement['device']}, "
               f"stored float16); sealed commitment {s.commitment}")
 
