@@ -94,6 +94,7 @@ def leaderboard(suite: str, split: str = "sealed", *, root: Path | None = None, 
     ``release`` (default: True for sealed) puts sealed numbers on the holdout grid; ``runs`` reuses loaded records.
     """
     runs = read_runs(root) if runs is None else runs
+    runs = [r for r in runs if "questions" not in r]  # next-token runs (trajectory runs: evals.trajectory_scoring)
     latest = _latest(runs, suite, split)
     rows = []
     for label, run in latest.items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -60,6 +60,10 @@ def score(
         console.print(f"[yellow]exploratory:[/] {meta['approval']}; the result is marked unapproved")
     if name:
         meta["label"] = name
+    from tasks.trajectory import spec
+
+    if spec(s) is not None:  # a trajectory suite asks whole-continuation questions
+        return score_trajectories(s, split, file, meta, strict=strict, seed=seed)
     try:
         preds = load_file(file, s, split)
         for msg in preds.errors[:20]:
@@ -85,6 +89,35 @@ def score(
     out.print(table)
     if split == "sealed":
         out.print("sealed scores are released on the holdout grid (evals/holdout.py); exact values stay in the record")
+    out.print(f"run record: {result.run_dir}")
+
+
+def score_trajectories(s: Any, split: str, file: Path, meta: dict[str, Any], *, strict: bool, seed: int) -> None:
+    """Score whole-continuation predictions of a trajectory suite and print the aggregates (``evals.trajectory_scoring``)."""
+    from tasks import SuiteError
+
+    from ..holdout import HoldoutError
+    from ..scoring import ScoringError
+    from ..trajectory_scoring import score_trajectory_file
+
+    try:
+        result = score_trajectory_file(s, split, file, predictor=meta, strict=strict, seed=seed)
+    except SuiteError as e:
+        fail(str(e))
+    except (ScoringError, HoldoutError) as e:
+        fail(str(e), code=1)
+    for msg in result.errors[:20]:
+        console.print(f"[yellow]rejected[/] {msg}", markup=True, highlight=False)
+    summ = result.summary
+    table = Table("questions", "metric", "estimate [95% CI]", title=f"{meta.get('label', meta['name'])} on "
+                  f"{s.name}/{split}: {summ['n_scored']} of {summ['n_questions']} questions scored, "
+                  f"{summ['n_rejected']} rejected")
+    for group, m in summ["metrics"].items():
+        for key in ("mean_abs_log10_error", "within_10x_share", "mean_log10_error", "calibration_slope"):
+            if key in m:
+                est, lo, hi = released(split, key, *m[key])  # sealed: on the holdout grid
+                table.add_row(group, key, f"{est:.4f} [{lo:.4f}, {hi:.4f}]")
+    out.print(table)
     out.print(f"run record: {result.run_dir}")
 
 
