@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,10 +80,15 @@ class SuiteTruth:
         raise KeyError(f"prompt {prompt_id!r} is not in suite {self.name!r}")
 
     def compute_truth(self, target: Any, *, rebuild: bool = False, batch_size: int = 8,
-                      on_progress: Callable[[str, int, int], None] | None = None) -> str:
+                      on_progress: Callable[[str, int, int], None] | None = None, backend: str = "local",
+                      workers: int | None = None) -> str:
         """Compute and cache truth for both splits with ``target`` (a ``tasks.Target``); returns the commitment.
 
-        Reuses valid cached truth unless ``rebuild``. The record is replaced in one atomic step (``tasks.truth``).
+        Computed in resumable shards (``tasks.shards``: a killed run recomputes only unfinished shards) in this
+        process (``backend="local"``) or on ``workers`` Ray actors (``"ray"``: ``$RAY_ADDRESS``'s cluster, else a
+        local one; docs/ray.md); the shards are deleted once the truth is stored. Both give the same numbers as
+        ``tasks.compute.compute_truth``. Reuses valid cached truth unless ``rebuild``. The record is replaced in one
+        atomic step (``tasks.truth``).
         Raises ``SuiteError`` for another target, cached truth of another dtype (without ``rebuild``: the dtype is
         part of the truth's identity), or cached truth that fails its checks (without ``rebuild``).
         """
@@ -102,7 +108,17 @@ class SuiteTruth:
             self.truth_split("practice")
             self.truth_split("sealed")  # verify the hashes
             return record["commitment"]
-        arrays = {s: self._exact(target, s, batch_size, on_progress) for s in SPLITS}
+        work = self.truth_dir.parent / f".shards-{self.truth_dir.name}"
+        if backend == "ray":
+            from .ray_backend import RayPool
+
+            device = "cuda" if target.placement["device"].startswith("cuda") else "cpu"
+            with RayPool(target, workers=workers, device=device, dtype=target.placement["dtype"]) as pool:
+                arrays = {s: self._exact(target, s, batch_size, on_progress, work=work, pool=pool, backend=backend)
+                          for s in SPLITS}
+        else:
+            arrays = {s: self._exact(target, s, batch_size, on_progress, work=work, backend=backend, workers=workers)
+                      for s in SPLITS}
         ids = {s: [p.id for p in self.prompts(s)] for s in SPLITS}
         base = {"suite": self.name, "version": self.version, "target": self.target, "placement": target.placement}
         # Recomputed on other hardware, the arrays differ in the last float bits and so does a new commitment; the
@@ -110,6 +126,7 @@ class SuiteTruth:
         # rebuilding. Sealed submission counts are keyed by the sealed prompts, so they carry over a rebuild.
         self._record = write_truth(self.truth_dir, arrays, base, (self.path / "sealed.jsonl").read_bytes(), ids)
         self._truth.clear()
+        shutil.rmtree(work, ignore_errors=True)  # the shards served their purpose once the truth is stored
         return self._record["commitment"]
 
     def _check_target(self, target: Any) -> None:
@@ -119,16 +136,23 @@ class SuiteTruth:
                 f"not {target.identity.name} ({target.identity.id}): rebuild the suite with this target"
             )
 
-    def _exact(self, target: Any, split: str, batch_size: int,
-               on_progress: Callable[[str, int, int], None] | None) -> tuple[np.ndarray, np.ndarray]:
-        """(exact float32 log-probs ``(n, vocab)``, realized ids int64 ``(n,)``) of a split, from the target."""
+    def _exact(self, target: Any, split: str, batch_size: int, on_progress: Callable[[str, int, int], None] | None,
+               *, work: Path | None = None, **sharding: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(exact float32 log-probs ``(n, vocab)``, realized ids int64 ``(n,)``) of a split, from the target: in
+        resumable shards under ``work`` (``sharding``: backend, workers, pool of ``compute_truth_sharded``), or in
+        one go without ``work``."""
         from .compute import compute_truth
+        from .shards import compute_truth_sharded
 
         prompts = self.prompts(split)
-        logp = compute_truth(
-            target.model, prompts, bos_ids=self.bos_ids, batch_size=batch_size,
-            on_progress=(lambda n, s=split, t=len(prompts): on_progress(s, n, t)) if on_progress else None,
-        )
+        progress = (lambda n, s=split, t=len(prompts): on_progress(s, n, t)) if on_progress else None
+        if work is None:
+            logp = compute_truth(target.model, prompts, bos_ids=self.bos_ids, batch_size=batch_size,
+                                 on_progress=progress)
+        else:
+            logp, _ = compute_truth_sharded(target, prompts, bos_ids=self.bos_ids, batch_size=batch_size,
+                                            work_dir=work / split, dtype=target.placement["dtype"],
+                                            on_progress=progress, **sharding)
         return logp, np.array([p.next_token_id for p in prompts], dtype=np.int64)
 
     def verify_commitment(self) -> None:

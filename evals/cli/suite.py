@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
@@ -21,6 +21,12 @@ from .common import (
     out,
     progress,
 )
+
+BackendOpt = Annotated[Literal["local", "ray"], typer.Option(
+    help="Where truth is computed: local (this process) or ray (Ray actors, one model each: $RAY_ADDRESS's cluster, "
+         "else a local one; docs/ray.md). Both resume a killed run from its finished shards.")]
+WorkersOpt = Annotated[int | None, typer.Option(min=1, help="Ray workers (one model each; default: one per GPU "
+                                                "with --device cuda, else the cluster's CPUs).")]
 
 suite_app = typer.Typer(help="Build and inspect prompt suites.", no_args_is_help=True)
 
@@ -49,6 +55,8 @@ def suite_build(
     batch_size: Annotated[int, typer.Option(min=1, help="Documents per forward pass for truth.")] = 8,
     device: DeviceOpt = "cpu",
     dtype: DTypeOpt = "float32",
+    backend: BackendOpt = "local",
+    workers: WorkersOpt = None,
 ) -> None:
     """Cut a held-out prompt suite from a corpus and compute the target's truth for it; prints the sealed commitment.
 
@@ -85,9 +93,9 @@ def suite_build(
                 task = bar.add_task(f"cutting prompts from {cfg.corpus}", total=cfg.practice + cfg.sealed)
                 suite = build_suite(cfg, tgt.tokenizer, tgt.identity, tgt.vocab_size,
                                     on_progress=lambda n, total: bar.update(task, completed=n))
-        compute_truth(suite, tgt, rebuild=rebuild, batch_size=batch_size)
+        compute_truth(suite, tgt, rebuild=rebuild, batch_size=batch_size, backend=backend, workers=workers)
         trajectory = build_trajectories(suite, tgt, rebuild=rebuild, batch_size=batch_size)
-    except (CorpusError, SuiteError, TargetError) as e:
+    except (CorpusError, SuiteError, TargetError, ValueError) as e:
         fail(str(e))
     out.print(f"suite [bold]{suite.name}[/] version {suite.version}: {suite.manifest['sizes']} prompts, target "
               f"{suite.target['name']} ({suite.target['id']})")
@@ -113,12 +121,15 @@ def build_trajectories(suite: Any, tgt: Any, *, rebuild: bool, batch_size: int) 
     return record["trajectory_commitment"]
 
 
-def compute_truth(suite: Any, tgt: Any, *, rebuild: bool, batch_size: int) -> None:
-    """Compute (or reuse) a suite's truth with a progress bar per split."""
+def compute_truth(suite: Any, tgt: Any, *, rebuild: bool, batch_size: int, backend: str = "local",
+                  workers: int | None = None) -> None:
+    """Compute (or reuse) a suite's truth with a progress bar per split, locally or on a Ray cluster."""
+    if backend == "local" and workers not in (None, 1):
+        fail(f"--workers {workers}: the local backend runs one model in this process; add --backend ray")
     with progress() as bar:
         tasks = {s: bar.add_task(f"truth {suite.name}/{s}", total=suite.manifest["sizes"][s])
                  for s in ("practice", "sealed")}
-        suite.compute_truth(tgt, rebuild=rebuild, batch_size=batch_size,
+        suite.compute_truth(tgt, rebuild=rebuild, batch_size=batch_size, backend=backend, workers=workers,
                             on_progress=lambda split, n, total: bar.advance(tasks[split], n))
 
 
@@ -181,6 +192,8 @@ def truth(
     batch_size: Annotated[int, typer.Option(min=1, help="Documents per forward pass.")] = 8,
     device: DeviceOpt = "cpu",
     dtype: DTypeOpt = "float32",
+    backend: BackendOpt = "local",
+    workers: WorkersOpt = None,
 ) -> None:
     """Compute (or verify) the target's true next-token distributions for a suite, cached and hash-checked.
 
@@ -201,9 +214,9 @@ def truth(
         if recompute:
             verify_recomputed(s, tgt, batch_size=batch_size)
             return
-        compute_truth(s, tgt, rebuild=rebuild, batch_size=batch_size)
+        compute_truth(s, tgt, rebuild=rebuild, batch_size=batch_size, backend=backend, workers=workers)
         trajectory = build_trajectories(s, tgt, rebuild=rebuild, batch_size=batch_size)
-    except (SuiteError, TargetError) as e:
+    except (SuiteError, TargetError, ValueError) as e:
         fail(str(e))
     if trajectory:
         out.print(f"continuations of {s.name} and their truth cached; trajectory commitment {trajectory}")
