@@ -139,5 +139,6 @@ def direct_truth(model: Any, token_ids: Sequence[int], *, bos_ids: Sequence[int]
     import torch
 
     with torch.inference_mode():
-        logits = model(torch.tensor([list(bos_ids) + list(token_ids)])).logits[0, -1]
-        return torch.log_softmax(logits.float(), dim=-1).numpy()
+        ids = torch.tensor([list(bos_ids) + list(token_ids)], device=getattr(model, "device", None))
+        logits = model(ids).logits[0, -1]
+        return torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
