@@ -6,7 +6,9 @@ continuations are never asked whole). A predictions file is validated line by li
 metrics of ``evals.trajectory_metrics`` (per question: signed and absolute error of log P in nats and log10, per
 token; aggregates with bootstrap CIs, overall and per kind), and recorded as a run like next-token scoring
 (``results/<run-id>/``: ``per_prompt.csv`` with one row per question, ``summary.json``, and on practice
-``calibration.png``; a sealed record keeps errors but no truth value on its own, and no plot). The
+``calibration.png``; a sealed record keeps errors but no truth value on its own, and no plot). Predictions made
+in-process (``logitpred run``) go through ``score_trajectory_predictions``: validated as a file's lines are, then the
+same scoring and record. The
 approval rule, the sealed commitment check and holdout hygiene are those of ``evals.scoring``.
 """
 
@@ -14,9 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +29,9 @@ from tasks.paths import sha256_file
 from . import records
 from .scoring import Score, ScoringError, with_approval
 from .trajectory_metrics import aggregate, calibration_plot, log_errors
+
+if TYPE_CHECKING:
+    from predictors.trajectory_format import TrajectoryPrediction
 
 QUESTION_KIND = "trajectory"  # ``summary["questions"]`` of a trajectory run (next-token runs have none)
 
@@ -46,15 +52,51 @@ def score_trajectory_file(suite: Any, split: str, path: Path, *, predictor: dict
     Raises ``ScoringError`` when nothing valid is left to score, or in ``strict`` mode for any rejected line or
     missing question; ``SuiteError`` when the suite has no trajectory truth or fails its commitment (sealed);
     ``HoldoutError`` past the sealed limit."""
-    from predictors.trajectory_format import missing, validate_file
-    from tasks.trajectory import load_trajectories
+    from predictors.trajectory_format import validate_file
 
-    predictor = with_approval(predictor)
     if not Path(path).is_file():
         raise ScoringError(f"predictions file {path} does not exist")
     known = known_questions(suite, split)
     accepted, rejected = validate_file(path, known)
-    errors = [str(r) for r in rejected]
+    return _score(suite, split, known, accepted, [str(r) for r in rejected], predictor=predictor, strict=strict,
+                  seed=seed, write=write, results_root=results_root, source=Path(path))
+
+
+def score_trajectory_predictions(suite: Any, split: str, predictions: Iterable[TrajectoryPrediction], *,
+                                 predictor: dict[str, Any], strict: bool = False, seed: int = 0, write: bool = True,
+                                 results_root: Path | None = None) -> Score:
+    """``score_trajectory_file`` for predictions made in-process (``logitpred run``): each is validated as a file's
+    line would be (``predictors.trajectory_format.parse_line``: ids, values, steps; a second prediction of a question
+    is rejected) and rejected ones are named as ``prediction <n>`` (1-based); then the same scoring and record, with
+    ``predictions_file`` null. Raises what ``score_trajectory_file`` raises."""
+    from predictors.trajectory_format import TrajectoryError, parse_line
+
+    known = known_questions(suite, split)
+    prompts = {pid for pid, _ in known}
+    accepted, errors, first = [], [], {}
+    for n, pred in enumerate(predictions, 1):
+        try:
+            checked = parse_line(pred.to_json(), known, prompts=prompts)
+            ids = (checked.prompt_id, checked.continuation_id)
+            if ids in first:
+                raise TrajectoryError(f"duplicate question: already given as prediction {first[ids]}",
+                                      "continuation_id", ids)
+            first[ids] = n
+            accepted.append(checked)
+        except TrajectoryError as e:
+            errors.append(f"prediction {n}: {e}")
+    return _score(suite, split, known, accepted, errors, predictor=predictor, strict=strict, seed=seed, write=write,
+                  results_root=results_root, source=None)
+
+
+def _score(suite: Any, split: str, known: dict[tuple[str, str], int], accepted: list[TrajectoryPrediction],
+           errors: list[str], *, predictor: dict[str, Any], strict: bool, seed: int, write: bool,
+           results_root: Path | None, source: Path | None) -> Score:
+    """Score validated predictions and write the run record (the one scoring path of both entries above)."""
+    from predictors.trajectory_format import missing
+    from tasks.trajectory import load_trajectories
+
+    predictor = with_approval(predictor)
     absent = missing(known, accepted)
     if strict and (errors or absent):
         raise ScoringError(f"strict mode: {len(errors)} rejected line(s), {len(absent)} question(s) without a "
@@ -90,7 +132,7 @@ def score_trajectory_file(suite: Any, split: str, path: Path, *, predictor: dict
                   "trajectory_commitment": load_trajectories(suite).commitment,
                   "sealed_prompts_sha256": suite.sealed_prompts_sha256, "config": suite.manifest["config"]},
         "split": split, "target": suite.target, "predictor": predictor,
-        "predictions_file": {"path": str(path), "sha256": sha256_file(Path(path))},
+        "predictions_file": {"path": str(source), "sha256": sha256_file(source)} if source else None,
         "n_questions": len(known), "n_scored": len(accepted), "n_rejected": len(errors),
         "missing": [list(q) for q in absent[:100]], "errors": errors[:100], "seed": seed,
         "environment": records.environment(), "metrics": metrics,

@@ -18,7 +18,9 @@ Storage: for each order k, the distinct k-grams sorted by ``key = index of its (
 last token`` (a sorted-array trie), with ``alpha`` (the discounted first term) per k-gram and ``gamma`` per k-gram used as a
 context. A query looks up the prompt's last 1..N-1 tokens with ``np.searchsorted`` for a whole batch, then builds each
 full-vocabulary row as ``p = gamma * p`` plus a scatter of the children's ``alpha`` values: no loop over the
-vocabulary. Left out: pruning, quantization, and a begin-of-document context (prompts always have >= 16 tokens).
+vocabulary. ``token_probs`` gives one token's probability per context by the same terms in the same order (the
+trajectory fast path, ``predictors.chain_fast``). Left out: pruning, quantization, and a begin-of-document context
+(prompts always have >= 16 tokens).
 """
 
 from __future__ import annotations
@@ -132,12 +134,10 @@ class NGramModel:
             node = at
         return np.where(ok, node, -1)
 
-    def distributions(self, contexts: Sequence[Sequence[int]]) -> np.ndarray:
-        """(len(contexts), V) float64 rows: p(next token | context), each summing to 1.
-
-        Unrolled recursion: p_N = A_N + G_{N-1} A_{N-1} + ... + (G_{N-1} ... G_1) p_1, where A_{m+1} is the scatter
-        of the alphas of context h_m's continuations and G_m its gamma (1 when h_m is unseen), so each row is
-        written once densely and then only at the continuations' token ids."""
+    def _levels(self, contexts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """``(nodes, scale)`` of a batch of contexts: ``nodes`` (B, N-1) int64, the index of each row's length-m
+        context in table m (column m-1; -1 if unseen), and ``scale`` (B, N) float64, where ``scale[:, m]`` =
+        G_{m+1} ... G_{N-1} is the weight of level m+1's alphas (m = 0: of p_1) in the final probability."""
         B, N, width = len(contexts), self.order, max(self.order - 1, 1)
         ctx = np.zeros((B, width), dtype=np.int64)
         length = np.zeros(B, dtype=np.int64)
@@ -146,22 +146,53 @@ class NGramModel:
             if tail:
                 ctx[b, width - len(tail):] = tail
             length[b] = len(tail)
-        nodes = np.stack([self.find(ctx, length, m) for m in range(1, N)], axis=1) if N > 1 else np.zeros((B, 0))
+        nodes = (np.stack([self.find(ctx, length, m) for m in range(1, N)], axis=1) if N > 1
+                 else np.zeros((B, 0), dtype=np.int64))
         gammas = np.ones((B, N))  # column m: gamma of the length-m context (column 0 unused)
         for m in range(1, N):
             seen = nodes[:, m - 1] >= 0
             gammas[seen, m] = self.gamma[m - 1][nodes[seen, m - 1]]
-        # scale[:, m] = G_{m+1} ... G_{N-1}: the weight of level m+1's alphas (m = 0: of p_1) in the final row
         scale = np.cumprod(gammas[:, ::-1], axis=1)[:, ::-1]
-        scale = np.concatenate([scale[:, 1:], np.ones((B, 1))], axis=1)
+        return nodes, np.concatenate([scale[:, 1:], np.ones((B, 1))], axis=1)
+
+    def distributions(self, contexts: Sequence[Sequence[int]]) -> np.ndarray:
+        """(len(contexts), V) float64 rows: p(next token | context), each summing to 1.
+
+        Unrolled recursion: p_N = A_N + G_{N-1} A_{N-1} + ... + (G_{N-1} ... G_1) p_1, where A_{m+1} is the scatter
+        of the alphas of context h_m's continuations and G_m its gamma (1 when h_m is unseen), so each row is
+        written once densely and then only at the continuations' token ids."""
+        nodes, scale = self._levels(contexts)
         out = scale[:, 0:1] * self.unigram[None, :]
-        for m in range(1, N):
+        for m in range(1, self.order):
             keys, alpha = self.keys[m], self.alpha[m]
             for b in np.flatnonzero(nodes[:, m - 1] >= 0):
                 node = nodes[b, m - 1]
                 lo, hi = np.searchsorted(keys, (node * self.V, (node + 1) * self.V))
                 if hi > lo:
                     out[b, keys[lo:hi] % self.V] += scale[b, m] * alpha[lo:hi]
+        return out
+
+    def token_probs(self, contexts: Sequence[Sequence[int]], tokens: Sequence[int]) -> np.ndarray:
+        """(len(contexts),) float64: p(tokens[i] | contexts[i]), without building a vocabulary-sized row.
+
+        The same sum as ``distributions`` at one token, term by term in the same order (so the same float64 value
+        as its entry): ``scale_0 p_1(w)`` plus, per level, ``scale_m alpha`` when (context, w) was seen there
+        (one ``searchsorted`` per level for the whole batch). ``tokens`` must lie in ``[0, V)`` (``IndexError``)."""
+        w = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if w.size != len(contexts):
+            raise ValueError(f"{len(contexts)} contexts but {w.size} tokens")
+        if w.size and (w.min() < 0 or w.max() >= self.V):
+            raise IndexError(f"token id outside the vocabulary [0, {self.V})")
+        nodes, scale = self._levels(contexts)
+        out = scale[:, 0] * self.unigram[w]
+        for m in range(1, self.order):
+            node, table = nodes[:, m - 1], self.keys[m]
+            if not table.size:
+                continue
+            key = node * self.V + w
+            at = np.minimum(np.searchsorted(table, key), table.size - 1)
+            hit = (node >= 0) & (table[at] == key)
+            out[hit] += scale[hit, m] * self.alpha[m][at[hit]]
         return out
 
 

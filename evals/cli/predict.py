@@ -1,4 +1,11 @@
-"""``logitpred predict`` (a predictor's predictions to a file) and ``logitpred run`` (predict, validate, score)."""
+"""``logitpred predict`` (a predictor's predictions to a file) and ``logitpred run`` (predict, validate, score).
+
+On a trajectory suite (``tasks.trajectory.spec``) both answer the split's whole-continuation questions
+(``predictors.chain.answer_questions``: the predictor's fast path where it has one, else the chain rule over its
+next-token predictions on the step prompts the harness builds): ``predict`` writes them as a trajectory predictions
+file (``predictors.trajectory_format``) with its ``.meta.json``; ``run`` scores them in-process through
+``evals.trajectory_scoring`` (validated as a file's lines are, the same scoring and run record).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +30,9 @@ from .common import (
 
 AllowOpt = Annotated[bool, typer.Option(help="Exploratory: let an unapproved helper run; every result is marked "
                                              "unapproved.")]
+GenericOpt = Annotated[bool, typer.Option("--generic", help="Trajectory suites: answer by the generic chain rule over "
+                                                            "next-token predictions even where the predictor has a "
+                                                            "fast path (same numbers for the n-gram).")]
 
 
 def build_predictor(name: str, ctx: Any, options: dict[str, Any], allow_unapproved: bool) -> tuple[Any, dict]:
@@ -41,6 +51,45 @@ def build_predictor(name: str, ctx: Any, options: dict[str, Any], allow_unapprov
     return p, approval
 
 
+def answer_split(s: Any, split: str, p: Any, ctx: Any, name: str, *, batch_size: int = 64,
+                 generic: bool = False) -> tuple[list[Any], dict[str, Any]]:
+    """A trajectory suite split's whole-continuation questions answered by ``p`` (``predictors.chain``; ``ctx``: the
+    suite's ``PredictorContext``), with a progress bar; returns ``(predictions, record)``, the record saying how they
+    were answered (method, questions left to the generic chain rule, notes; notes are also printed). Exit 2 for a
+    damaged suite or a helper that cannot run, 1 when the predictor's answers are unusable (``ChainError``)."""
+    from predictors.chain import ChainError, answer_questions, split_questions
+    from tasks import SuiteError
+
+    try:
+        questions = split_questions(s, split)
+    except SuiteError as e:
+        fail(str(e))
+    try:
+        with progress() as bar:
+            task = bar.add_task(f"{name} on {s.name}/{split} (whole continuations)", total=len(questions))
+            answers = answer_questions(p, ctx, questions, batch_size=batch_size, generic=generic,
+                                       on_progress=lambda x: bar.advance(task, x))
+    except ChainError as e:
+        fail(f"{name} on {s.name}/{split}: {e}", code=1)
+    except ValueError as e:  # HelperError, TargetError: a helper that cannot be loaded or run here
+        fail(f"{name} on {s.name}/{split}: {e}")
+    for note in answers.notes:
+        console.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
+    return answers.predictions, {"questions": len(questions), "answered_by": answers.method,
+                                 "generic_fallbacks": answers.generic, "notes": answers.notes}
+
+
+def is_trajectory(s: Any) -> bool:
+    """Whether ``s`` is a trajectory suite (exit 2 naming the fix for a damaged manifest)."""
+    from tasks import SuiteError
+    from tasks.trajectory import spec
+
+    try:
+        return spec(s) is not None
+    except SuiteError as e:
+        fail(str(e))
+
+
 def predict(
     predictor: Annotated[str, typer.Option("--predictor", "-p", help="Registered predictor name.")],
     out_file: Annotated[Path, typer.Option("--out", "-o", dir_okay=False, help="Predictions file to write (JSONL).")],
@@ -49,8 +98,10 @@ def predict(
     option: OptionsOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Prompts per predictor call.")] = 64,
     allow_unapproved: AllowOpt = False,
+    generic: GenericOpt = False,
 ) -> None:
-    """Run a predictor on a suite split and write its predictions as JSONL (it never sees truth)."""
+    """Run a predictor on a suite split and write its predictions as JSONL (it never sees truth). On a trajectory
+    suite: one line per whole-continuation question, log P(continuation | prompt) in nats."""
     from predictors import PredictorContext, write_jsonl
     from tasks.io import atomic_write_json
 
@@ -58,13 +109,21 @@ def predict(
 
     s = load_suite(suite)
     options = parse_options(option)
-    p, approval = build_predictor(predictor, PredictorContext.from_suite(s), options, allow_unapproved)
-    with progress() as bar:
-        task = bar.add_task(f"{predictor} on {s.name}/{split}", total=s.manifest["sizes"][split])
-        preds = predict_split(s, split, p, batch_size=batch_size, on_progress=lambda n: bar.advance(task, n))
-    n = write_jsonl(out_file, preds, vocab=s.vocabulary)
-    meta = {"name": predictor, "options": options, "suite": s.name, "split": split,
-            **getattr(p, "identity", lambda: {})(), **approval}
+    ctx = PredictorContext.from_suite(s)
+    p, approval = build_predictor(predictor, ctx, options, allow_unapproved)
+    meta = {"name": predictor, "options": options, "suite": s.name, "split": split}
+    if is_trajectory(s):
+        from predictors.trajectory_format import write_jsonl as write_trajectories
+
+        preds, how = answer_split(s, split, p, ctx, predictor, batch_size=batch_size, generic=generic)
+        n = write_trajectories(out_file, preds)
+        meta["trajectory"] = how
+    else:
+        with progress() as bar:
+            task = bar.add_task(f"{predictor} on {s.name}/{split}", total=s.manifest["sizes"][split])
+            preds = predict_split(s, split, p, batch_size=batch_size, on_progress=lambda n: bar.advance(task, n))
+        n = write_jsonl(out_file, preds, vocab=s.vocabulary)
+    meta = {**meta, **getattr(p, "identity", lambda: {})(), **approval}
     atomic_write_json(Path(str(out_file) + ".meta.json"), meta)
     out.print(f"wrote {n} predictions to {out_file}")
 
@@ -76,7 +135,8 @@ def run(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     allow_unapproved: AllowOpt = False,
 ) -> None:
-    """Run predictors in-process on a built suite, validate and score their predictions, and print the leaderboard."""
+    """Run predictors in-process on a built suite, validate and score their predictions, and print the leaderboard
+    (a trajectory suite: the whole-continuation scores of each run)."""
     from predictors import PredictorContext
     from tasks import SuiteError
 
@@ -87,6 +147,8 @@ def run(
     s = load_suite(suite)
     ctx = PredictorContext.from_suite(s)
     names, splits = predictor or ["uniform", "unigram"], split or ["practice", "sealed"]
+    if is_trajectory(s):
+        return run_trajectories(s, ctx, names, splits, seed=seed, allow_unapproved=allow_unapproved)
     for name in names:
         p, approval = build_predictor(name, ctx, {}, allow_unapproved)
         for sp in splits:
@@ -106,6 +168,38 @@ def run(
     for sp in splits:
         if sp == "sealed" or len(splits) == 1:
             leaderboard(suite=[suite], split=sp)
+
+
+def run_trajectories(s: Any, ctx: Any, names: list[str], splits: list[str], *, seed: int,
+                     allow_unapproved: bool) -> None:
+    """``run`` on a trajectory suite: per predictor and split, answer the whole-continuation questions in-process,
+    score them (``evals.trajectory_scoring.score_trajectory_predictions``: one run record each) and print a table of
+    mean absolute log10 error and share within 10x with 95% CIs (sealed: on the holdout grid)."""
+    from rich.table import Table
+
+    from tasks import SuiteError
+
+    from ..holdout import HoldoutError
+    from ..scoring import ScoringError
+    from ..trajectory_scoring import score_trajectory_predictions
+
+    table = Table("predictor", "split", "mean |log10 error| [95% CI]", "within 10x [95% CI]", "scored", "run",
+                  title=f"whole continuations on {s.name}")
+    for name in names:
+        p, approval = build_predictor(name, ctx, {}, allow_unapproved)
+        for sp in splits:
+            preds, how = answer_split(s, sp, p, ctx, name)
+            meta = {"name": name, "options": {}, **getattr(p, "identity", lambda: {})(), **approval,
+                    "trajectory": how}
+            try:
+                result = score_trajectory_predictions(s, sp, preds, predictor=meta, seed=seed)
+            except (ScoringError, SuiteError, HoldoutError) as e:
+                fail(f"{name} on {s.name}/{sp}: {e}", code=1)
+            m, summ = result.summary["metrics"]["all"], result.summary
+            cells = [released(sp, k, *m[k]) for k in ("mean_abs_log10_error", "within_10x_share")]
+            table.add_row(name, sp, *(f"{e:.3f} [{lo:.3f}, {hi:.3f}]" for e, lo, hi in cells),
+                          f"{summ['n_scored']}/{summ['n_questions']}", str(result.run_dir))
+    out.print(table)
 
 
 def register(app: typer.Typer) -> None:
