@@ -48,6 +48,9 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/truth.py
+	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/truth_ray.py
+	$(BIN)/python bench/trajectories.py
 	$(BIN)/python bench/score.py
 	$(BIN)/python bench/inspect_overhead.py
 	$(BIN)/python bench/helpers.py
