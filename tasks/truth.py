@@ -77,6 +77,22 @@ def record_format(folder: Path) -> str | None:
     return rec.get("format") if isinstance(rec, dict) else None
 
 
+def read_format(path: Path, fmt: str, *, what: str, fix: str) -> dict[str, Any] | None:
+    """The JSON object at ``path`` when its ``format`` field is ``fmt``; None when there is no file. Raises
+    ``SuiteError`` ("<what> <path> is unreadable / has format X, not fmt: <fix>") otherwise. Shared by the records of
+    truth and of trajectories."""
+    if not path.is_file():
+        return None
+    try:
+        rec = read_json(path)
+    except (OSError, ValueError) as e:
+        raise SuiteError(f"{what} {path} is unreadable ({e}): {fix}") from e
+    if not isinstance(rec, dict) or rec.get("format") != fmt:
+        got = rec.get("format") if isinstance(rec, dict) else type(rec).__name__
+        raise SuiteError(f"{what} {path} has format {got!r}, not {fmt}: {fix}")
+    return rec
+
+
 def read_record(folder: Path, *, name: str, version: str, target_id: str) -> dict[str, Any] | None:
     """The truth record ``folder/truth.json`` of suite ``name``, or None when truth was never computed there.
 
@@ -85,15 +101,9 @@ def read_record(folder: Path, *, name: str, version: str, target_id: str) -> dic
     lacks a file entry, the placement, the committed header or the commitment.
     """
     path = Path(folder) / RECORD
-    if not path.is_file():
+    rec = read_format(path, TRUTH_FORMAT, what="truth record", fix=_fix(name))
+    if rec is None:
         return None
-    try:
-        rec = read_json(path)
-    except (OSError, ValueError) as e:
-        raise SuiteError(f"truth record {path} is unreadable ({e}): {_fix(name)}") from e
-    if not isinstance(rec, dict) or rec.get("format") != TRUTH_FORMAT:
-        got = rec.get("format") if isinstance(rec, dict) else type(rec).__name__
-        raise SuiteError(f"truth record {path} has format {got!r}, not {TRUTH_FORMAT}: {_fix(name)}")
     if rec.get("version") != version or (rec.get("target") or {}).get("id") != target_id:
         raise SuiteError(f"truth record {path} belongs to suite version {rec.get('version')!r} and target "
                          f"{(rec.get('target') or {}).get('id')!r}, not {version!r} and {target_id!r}: {_fix(name)}")

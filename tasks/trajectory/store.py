@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_write, loads_json, read_json
+from ..io import atomic_write, loads_json
 from ..paths import data_dir, sha256_file
 from ..quantize import STORED_DTYPE
-from ..truth import SPLITS, SuiteError, mmap_safetensors
+from ..truth import SPLITS, SuiteError, mmap_safetensors, read_format
 from .sets import Continuation
 from .spec import require
 
@@ -158,15 +158,9 @@ def read_record(folder: Path, suite: Any) -> dict[str, Any] | None:
     """The record ``folder/trajectories.json`` of ``suite``, or None when never built. Raises ``SuiteError`` when it
     is unreadable, of another format, for another version or target, or lacks its files or commitment."""
     path = Path(folder) / RECORD
-    if not path.is_file():
+    rec = read_format(path, TRAJ_FORMAT, what="trajectory record", fix=_fix(suite.name))
+    if rec is None:
         return None
-    try:
-        rec = read_json(path)
-    except (OSError, ValueError) as e:
-        raise SuiteError(f"trajectory record {path} is unreadable ({e}): {_fix(suite.name)}") from e
-    if not isinstance(rec, dict) or rec.get("format") != TRAJ_FORMAT:
-        got = rec.get("format") if isinstance(rec, dict) else type(rec).__name__
-        raise SuiteError(f"trajectory record {path} has format {got!r}, not {TRAJ_FORMAT}: {_fix(suite.name)}")
     if rec.get("version") != suite.version or (rec.get("target") or {}).get("id") != suite.target["id"]:
         raise SuiteError(f"trajectory record {path} belongs to another suite version or target: {_fix(suite.name)}")
     files = rec.get("files")
