@@ -56,6 +56,32 @@ def tiny_suite(target):
     return suite
 
 
+TRAJ_M, TRAJ_K = 4, 2
+TRAJ_BEHAVIOURS = '{"id": "then", "text": " and then"}\n{"id": "s", "text": "s of"}\n'
+
+
+@pytest.fixture(scope="session")
+def trajectory_home(target, tmp_path_factory) -> Path:
+    """A data home holding the trajectory suite ``traj`` (3 + 3 wiki prompts of the tiny preset, M = 4 continuation
+    tokens, K = 2 samples, two behaviours) with its next-token truth and trajectories, built once per session. Tests
+    that tamper with it copy it first."""
+    import dataclasses
+
+    from tasks import PRESETS, build_suite
+    from tasks.trajectory import build_trajectories
+
+    path = tmp_path_factory.mktemp("traj-home")
+    (path / "behaviours.jsonl").write_text(TRAJ_BEHAVIOURS)
+    config = dataclasses.replace(PRESETS["tiny"], name="traj", practice=3, sealed=3, continuation=TRAJ_M,
+                                 samples=TRAJ_K, behaviours=str(path / "behaviours.jsonl"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOGITPRED_HOME", str(path))
+        suite = build_suite(config, target.tokenizer, target.identity, target.vocab_size)
+        suite.compute_truth(target)
+        build_trajectories(suite, target, batch_size=4)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_helper(tiny_suite) -> Path:
     """A helper distinct from the target: a 1-layer transformer trained for 3 steps on wiki's train part (seconds)."""

@@ -79,6 +79,25 @@ def answer_split(s: Any, split: str, p: Any, ctx: Any, name: str, *, batch_size:
                                  "generic_fallbacks": answers.generic, "notes": answers.notes}
 
 
+def predict_round(s: Any, split: str, t: int, p: Any, name: str, *, batch_size: int) -> list[Any]:
+    """The predictor's next-token predictions of round ``t``'s step questions (released to label ``name``: exit 2
+    when round t-1 is not scored under it, or the suite has no samples)."""
+    from predictors.base import PromptView
+    from tasks import SuiteError
+
+    from ..rounds import RoundError
+    from ..stepwise import ask_round, release
+
+    try:
+        lines = release(s, split, t, name)
+    except (SuiteError, RoundError) as e:
+        fail(str(e))
+    views = [PromptView(q["prompt_id"], q["text"], tuple(q["token_ids"])) for q in lines]
+    with progress() as bar:
+        task = bar.add_task(f"{name} on {s.name}/{split} (step {t})", total=len(views))
+        return ask_round(p, views, batch_size=batch_size, on_progress=lambda n: bar.advance(task, n))
+
+
 def is_trajectory(s: Any) -> bool:
     """Whether ``s`` is a trajectory suite (exit 2 naming the fix for a damaged manifest)."""
     from tasks import SuiteError
@@ -99,9 +118,13 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="Prompts per predictor call.")] = 64,
     allow_unapproved: AllowOpt = False,
     generic: GenericOpt = False,
+    round_: Annotated[int | None, typer.Option("--round", min=1, help="Trajectory suites: predict the step-wise "
+                                               "questions of step T (next-token format); T >= 2 needs round T-1 "
+                                               "scored under the predictor's name.")] = None,
 ) -> None:
     """Run a predictor on a suite split and write its predictions as JSONL (it never sees truth). On a trajectory
-    suite: one line per whole-continuation question, log P(continuation | prompt) in nats."""
+    suite: one line per whole-continuation question, log P(continuation | prompt) in nats; with --round T, one
+    next-token prediction per step question of step T."""
     from predictors import PredictorContext, write_jsonl
     from tasks.io import atomic_write_json
 
@@ -112,7 +135,13 @@ def predict(
     ctx = PredictorContext.from_suite(s)
     p, approval = build_predictor(predictor, ctx, options, allow_unapproved)
     meta = {"name": predictor, "options": options, "suite": s.name, "split": split}
-    if is_trajectory(s):
+    if round_ is not None:
+        if not is_trajectory(s):
+            fail(f"--round: suite {s.name!r} is a next-token suite; step-wise rounds belong to trajectory suites")
+        preds = predict_round(s, split, round_, p, predictor, batch_size=batch_size)
+        n = write_jsonl(out_file, preds, vocab=s.vocabulary)
+        meta["round"] = round_
+    elif is_trajectory(s):
         from predictors.trajectory_format import write_jsonl as write_trajectories
 
         preds, how = answer_split(s, split, p, ctx, predictor, batch_size=batch_size, generic=generic)
@@ -178,13 +207,16 @@ def run_trajectories(s: Any, ctx: Any, names: list[str], splits: list[str], *, s
     from rich.table import Table
 
     from tasks import SuiteError
+    from tasks.trajectory import spec
 
     from ..holdout import HoldoutError
     from ..scoring import ScoringError
     from ..trajectory_scoring import score_trajectory_predictions
 
-    table = Table("predictor", "split", "mean |log10 error| [95% CI]", "within 10x [95% CI]", "scored", "run",
-                  title=f"whole continuations on {s.name}")
+    steps = bool(spec(s).k)
+    table = Table("predictor", "split", "mean |log10 error| [95% CI]", "within 10x [95% CI]",
+                  *(["trajectory KL nats [95% CI]"] if steps else []), "scored", "run",
+                  title=f"whole continuations{' and step-wise questions' if steps else ''} on {s.name}")
     for name in names:
         p, approval = build_predictor(name, ctx, {}, allow_unapproved)
         for sp in splits:
@@ -197,9 +229,36 @@ def run_trajectories(s: Any, ctx: Any, names: list[str], splits: list[str], *, s
                 fail(f"{name} on {s.name}/{sp}: {e}", code=1)
             m, summ = result.summary["metrics"]["all"], result.summary
             cells = [released(sp, k, *m[k]) for k in ("mean_abs_log10_error", "within_10x_share")]
+            if steps:
+                cells.append(released(sp, "trajectory_kl", *run_steps(s, sp, p, ctx, name, meta, seed=seed)))
             table.add_row(name, sp, *(f"{e:.3f} [{lo:.3f}, {hi:.3f}]" for e, lo, hi in cells),
                           f"{summ['n_scored']}/{summ['n_questions']}", str(result.run_dir))
     out.print(table)
+
+
+def run_steps(s: Any, split: str, p: Any, ctx: Any, name: str, meta: dict[str, Any], *,
+              seed: int) -> list[float]:
+    """Every step-wise round of ``split`` in-process (``evals.stepwise.run_stepwise``: released one step at a time);
+    returns the trajectory KL ``[estimate, low, high]`` (nats). Exit 1 when a round cannot be scored."""
+    from tasks import SuiteError
+    from tasks.trajectory.steps import step_plan
+
+    from ..holdout import HoldoutError
+    from ..rounds import RoundError
+    from ..scoring import ScoringError
+    from ..stepwise import run_stepwise
+
+    try:
+        plan = step_plan(s, split)
+        total = sum(len(plan.questions(t)) for t in range(1, plan.rounds + 1))
+        with progress() as bar:
+            task = bar.add_task(f"{name} on {s.name}/{split} (step-wise)", total=total)
+            result = run_stepwise(s, split, p, ctx, predictor_meta={k: v for k, v in meta.items()
+                                                                    if k != "trajectory"},
+                                  seed=seed, on_progress=lambda n: bar.advance(task, n))
+    except (ScoringError, SuiteError, HoldoutError, RoundError) as e:
+        fail(f"{name} on {s.name}/{split} (step-wise): {e}", code=1)
+    return result.summary["metrics"]["trajectory_kl"]["total"]
 
 
 def register(app: typer.Typer) -> None:

@@ -40,6 +40,9 @@ def score(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     allow_unapproved: Annotated[bool, typer.Option(help="Exploratory: score a file whose predictor is not approved "
                                                         "(now); the result is marked unapproved.")] = False,
+    round_: Annotated[int | None, typer.Option("--round", min=1, help="Trajectory suites: FILE answers the step-wise "
+                                               "questions of step T (next-token format; `suite questions --round "
+                                               "T`); step T is refused before step T-1 is scored.")] = None,
 ) -> None:
     """Validate and score a predictions file; writes results/<run-id>/ (per-prompt CSV, summary JSON)."""
     from predictors.approval import ApprovalError, file_approval
@@ -62,6 +65,11 @@ def score(
         meta["label"] = name
     from tasks.trajectory import spec
 
+    if round_ is not None:
+        if spec(s) is None:
+            fail(f"--round: suite {s.name!r} is a next-token suite; step-wise rounds belong to trajectory suites with "
+                 "samples")
+        return score_step_round(s, split, round_, file, meta, seed=seed)
     if spec(s) is not None:  # a trajectory suite asks whole-continuation questions
         return score_trajectories(s, split, file, meta, strict=strict, seed=seed)
     try:
@@ -118,6 +126,36 @@ def score_trajectories(s: Any, split: str, file: Path, meta: dict[str, Any], *, 
                 est, lo, hi = released(split, key, *m[key])  # sealed: on the holdout grid
                 table.add_row(group, key, f"{est:.4f} [{lo:.4f}, {hi:.4f}]")
     out.print(table)
+    out.print(f"run record: {result.run_dir}")
+
+
+def score_step_round(s: Any, split: str, t: int, file: Path, meta: dict[str, Any], *, seed: int) -> None:
+    """Score round ``t`` of the step-wise questions (``evals.stepwise.score_round_file``) and print its KL; exit 2 for
+    a round out of order or a suite without samples, 1 for an incomplete round (nothing committed)."""
+    from tasks import SuiteError
+
+    from ..holdout import HoldoutError
+    from ..rounds import RoundError
+    from ..scoring import ScoringError
+    from ..stepwise import score_round_file
+
+    try:
+        result = score_round_file(s, split, t, file, predictor=meta, seed=seed)
+    except (SuiteError, RoundError) as e:
+        fail(str(e))
+    except (ScoringError, HoldoutError) as e:
+        fail(str(e), code=1)
+    summ, m = result.summary, result.summary["metrics"]
+    est, lo, hi = released(split, "kl_nats", *m["kl_nats"]["mean"])
+    out.print(f"round {t} of {summ['rounds']} ({meta.get('label', meta['name'])} on {s.name}/{split}, attempt "
+              f"{summ['attempt']}): mean KL {est:.4f} nats [{lo:.4f}, {hi:.4f}] over {summ['n_scored']} sample steps")
+    if "trajectory_kl" in m:
+        est, lo, hi = released(split, "trajectory_kl", *m["trajectory_kl"]["total"])
+        out.print(f"trajectory KL (sum over steps, mean over {summ['n_samples']} samples): {est:.4f} nats "
+                  f"[{lo:.4f}, {hi:.4f}]")
+    else:
+        out.print(f"next: `logitpred suite questions {s.name} --split {split} --round {t + 1} --name "
+                  f"{meta.get('label', meta['name'])}`")
     out.print(f"run record: {result.run_dir}")
 
 

@@ -157,10 +157,16 @@ def suite_list() -> None:
 def suite_questions(
     name: Annotated[str, typer.Argument(help="Suite name or folder.")],
     split: SplitOpt = "practice",
+    round_: Annotated[int | None, typer.Option("--round", min=1, help="Step-wise questions of step T along the "
+                                               "target's samples (prompt + the sample's first T-1 tokens), in the "
+                                               "next-token format; T >= 2 needs round T-1 of --name scored.")] = None,
+    label: Annotated[str | None, typer.Option("--name", help="Who the step-wise round is released to (the label "
+                                              "its predictions are scored under); needed for --round >= 2.")] = None,
 ) -> None:
     """Print, as JSONL, exactly what a predictor may see of a split: one line per prompt (prompt_id, text, token_ids)
     and one per whole-continuation question (prompt_id, continuation_id, kind, text, token_ids of the continuation).
-    Sampled continuations are never shown whole."""
+    Sampled continuations are never shown whole; with --round T, the step questions of step T (prompt_id, text,
+    token_ids, of_prompt, step), released step by step."""
     import sys
 
     from tasks import SuiteError
@@ -168,10 +174,23 @@ def suite_questions(
 
     s = load_suite(name)
     try:
-        for line in questions(s, split):
-            sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+        if round_ is None:
+            lines = list(questions(s, split))
+        else:
+            from ..rounds import RoundError
+            from ..stepwise import release
+
+            if round_ > 1 and not label:
+                fail(f"--round {round_} shows tokens of the samples that round {round_ - 1} asks about: give --name "
+                     "LABEL (the label round 1 was scored under)")
+            try:
+                lines = release(s, split, round_, label or "")
+            except RoundError as e:
+                fail(str(e))
     except SuiteError as e:
         fail(str(e))
+    for line in lines:
+        sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
 @suite_app.command("show")

@@ -5,7 +5,7 @@
 (``prompt_id``, ``continuation_id``, ``kind``, ``text``, ``token_ids`` of the continuation alone). Whole-continuation
 questions are ``realized`` and ``given`` continuations only: a ``sampled`` continuation is a sample of the target,
 itself information about the target, so it is never shown whole (step-wise questions along samples are released
-step by step, by a later protocol). Nothing here reads the trajectory folder, where the samples lie: the shown
+step by step: ``tasks.trajectory.steps``, ``evals.stepwise``). Nothing here reads the trajectory folder, where the samples lie: the shown
 continuations come from the suite alone (``tasks.trajectory.sets.shown_continuations``).
 
 No split asks a question whose answer another of its questions shows: in a trajectory suite every prompt's realized

@@ -11,7 +11,7 @@ section (written by ``build_suite`` through ``manifest_section``)::
 
 ``questions`` says which kinds of question each split asks: the realized continuation of every prompt is shown whole
 (it is the question), so the prompt's plain next-token question, whose answer it shows, is never asked
-(``tasks.trajectory.questions``); ``sampled`` continuations are asked only step by step (a later protocol).
+(``tasks.trajectory.questions``); ``sampled`` continuations are asked only step by step (``tasks.trajectory.steps``).
 
 Continuation ids (stable: they depend only on the prompt id, the kind and the sample index or behaviour id):
 ``<prompt_id>:r`` (realized), ``<prompt_id>:s<k>`` (k-th sample, from 0), ``<prompt_id>:g:<behaviour id>`` (given).

@@ -22,19 +22,10 @@ BEHAVIOURS = '{"id": "then", "text": " and then"}\n{"id": "s", "text": "s of"}\n
 
 
 @pytest.fixture(scope="module")
-def home(target, tmp_path_factory):
-    """A data home holding the trajectory suite ``traj`` (3 + 3 wiki prompts, M = 4, K = 2, two behaviours) with its
-    next-token truth and trajectories."""
-    from tasks.trajectory import build_trajectories
-
-    path = tmp_path_factory.mktemp("traj-home")
-    (path / "behaviours.jsonl").write_text(BEHAVIOURS)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOGITPRED_HOME", str(path))
-        suite = build_suite(_config(path), target.tokenizer, target.identity, target.vocab_size)
-        suite.compute_truth(target)
-        build_trajectories(suite, target, batch_size=4)
-    return path
+def home(trajectory_home):
+    """The session's trajectory home (``tests/conftest.py``: suite ``traj``, 3 + 3 wiki prompts, M = 4, K = 2, two
+    behaviours) with its next-token truth and trajectories."""
+    return trajectory_home
 
 
 def _config(path, **changes):
