@@ -15,13 +15,16 @@ the *lower* bound is >= x: the gate passes only what the evidence supports, not 
 sealed split the numbers are released on the holdout grid (``evals.holdout``: estimate to the nearest step, bounds
 rounded outward) and the decision uses the released bounds, so the report and the decision always agree.
 
-Left out: gating several targets at once, and trajectory or tail-risk suites (later issues).
+Trajectory suites (``evals.gate_trajectory``): a suite entry may name one; it is judged on the trajectory metrics
+among the thresholds (mean absolute log10 error of whole continuations, trajectory KL along target samples, ...) and
+the team rule applies to it too (best-on-practice by practice mean absolute log10 error; the mixture per step).
+
+Left out: gating several targets at once, and tail-risk suites (a later issue).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,19 +32,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import yaml
 
-from tasks.io import atomic_write_text, load_yaml
-from tasks.paths import results_dir
+from tasks.io import load_yaml
 
 from . import holdout, records
+from .gate_trajectory import TRAJECTORY_METRICS, kind_of_metric
 
 RULES = ("best-on-practice", "mixture")
 STATISTICS = ("mean", "median", "p90")
 DISCLAIMER = ("Passing this gate is one eval among many, not a proof of safety. It shows that the team predicted this "
               "target's next-token distributions on these suites within these thresholds; it says little about other "
               "text distributions, longer continuations, rare outputs or what the model does when deployed.")
+DISCLAIMER_TRAJECTORY = (
+    "Passing this gate is one eval among many, not a proof of safety. It shows that the team predicted what these "
+    "suites asked of this target (next-token distributions; on trajectory suites the probabilities of the "
+    "continuations asked and, where gated, the next-token distributions along the target's own samples) within these "
+    "thresholds; it says little about other text distributions, continuations not asked, longer ones, rare outputs "
+    "or what the model does when deployed.")
 
 
 class GateConfigError(ValueError):
@@ -73,7 +81,8 @@ class SuiteSpec:
     name: str
     split: str
     role: str
-    thresholds: tuple[Threshold, ...]
+    thresholds: tuple[Threshold, ...]  # the top-level ones overridden by the suite's own; by kind: gate_trajectory
+    own: tuple[Threshold, ...] = ()  # the suite's own ``thresholds:``
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,7 @@ class GateConfig:
     worst_prompts: int
     seed: int
     source: str  # the config file's text, hashed into the report
+    defaults: tuple[Threshold, ...] = ()  # the top-level ``thresholds:``
 
     @property
     def team_label(self) -> str:
@@ -112,7 +122,7 @@ def _keys(obj: dict, where: str, allowed: set[str], required: set[str] = frozens
 
 
 def _thresholds(obj: Any, where: str) -> tuple[Threshold, ...]:
-    names = metric_names()
+    names = [*metric_names(), *TRAJECTORY_METRICS]
     _keys(obj, where, set(names))
     out = []
     for metric, spec in obj.items():
@@ -124,6 +134,9 @@ def _thresholds(obj: Any, where: str) -> tuple[Threshold, ...]:
         stat = spec.get("statistic", "mean")
         if stat not in STATISTICS:
             raise GateConfigError(f"{at}.statistic: {stat!r} is not one of {', '.join(STATISTICS)}")
+        if stat != "mean" and kind_of_metric(metric) == "trajectory":
+            raise GateConfigError(f"{at}.statistic: {metric} is a trajectory metric, itself a mean with a bootstrap "
+                                  "CI: only statistic: mean applies (leave the key out)")
         limit = spec[bounds[0]]
         if isinstance(limit, bool) or not isinstance(limit, int | float) or not np.isfinite(limit):
             raise GateConfigError(f"{at}.{bounds[0]}: {limit!r} is not a finite number")
@@ -191,7 +204,7 @@ def load_config(path: Path) -> GateConfig:
             raise GateConfigError(f"suites[{i}].split: {split!r} is not practice or sealed")
         over = _thresholds(s["thresholds"], f"suites[{i}].thresholds") if "thresholds" in s else ()
         merged = {t.metric: t for t in default_thresholds} | {t.metric: t for t in over}
-        suites.append(SuiteSpec(str(s["name"]), split, str(s.get("role", "")), tuple(merged.values())))
+        suites.append(SuiteSpec(str(s["name"]), split, str(s.get("role", "")), tuple(merged.values()), over))
     hold = raw.get("holdout") or {}
     _keys(hold, "holdout", {"max_submissions", "steps"})
     limit = hold.get("max_submissions")
@@ -208,13 +221,14 @@ def load_config(path: Path) -> GateConfig:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise GateConfigError(f"{key}: {v!r} must be a whole number >= 0")
     return GateConfig(name, tuple(members), rule, tuple(float(w) for w in weights), tuple(suites), limit,
-                      dict(steps), worst, seed, text)
+                      dict(steps), worst, seed, text, default_thresholds)
 
 
 def check_environment(cfg: GateConfig) -> dict[str, Any]:
     """Everything that can be checked before running: suites built with truth, members known and approved.
 
-    Returns the loaded suites by name. Raises ``GateConfigError`` (exit 2).
+    Returns the loaded suites by name. Raises ``GateConfigError`` (exit 2), also for thresholds that do not fit a
+    suite's kind (next-token or trajectory: ``evals.gate_trajectory.check_kinds``).
     """
     from predictors import available
     from predictors.approval import require_approved
@@ -229,6 +243,9 @@ def check_environment(cfg: GateConfig) -> dict[str, Any]:
         except SuiteError as e:
             raise GateConfigError(f"suites: {e}") from e
         suites[spec.name] = suite
+    from .gate_trajectory import check_kinds
+
+    check_kinds(cfg, suites)
     known = available()
     for m in cfg.members:
         if m.name not in known:
@@ -242,11 +259,24 @@ def check_environment(cfg: GateConfig) -> dict[str, Any]:
 
 
 def check_holdout(cfg: GateConfig, suites: dict[str, Any]) -> None:
-    """Refuse (``holdout.HoldoutError``) before anything runs if the team or a member has used up a sealed split."""
+    """Refuse (``holdout.HoldoutError``) before anything runs if the team or a member has used up a sealed split, or
+    would pass the limit with the submissions this gate makes (two on a trajectory suite gated on whole continuations
+    and on the trajectory KL: ``evals.gate_trajectory.submissions_needed``)."""
+    from .gate_trajectory import submissions_needed
+
+    need: dict[tuple[str, str], int] = {}
     for spec in cfg.suites:
         if spec.split == "sealed":
             for label in (cfg.team_label, *(m.label for m in cfg.members)):
-                holdout.check(suites[spec.name], label, cfg.max_submissions)
+                key = (spec.name, label)
+                need[key] = need.get(key, 0) + submissions_needed(spec, suites[spec.name])
+    for (name, label), n in need.items():
+        so_far = holdout.check(suites[name], label, cfg.max_submissions)
+        if cfg.max_submissions is not None and so_far + n > cfg.max_submissions:
+            raise holdout.HoldoutError(
+                f"predictor {label!r} has been scored {so_far} time(s) on the sealed split of suite {name!r} and this "
+                f"gate would add {n} sealed submissions there (limit {cfg.max_submissions}): further sealed scores "
+                f"would leak the holdout; the ledger is {holdout.ledger_path()}")
 
 
 def _predict(suite: Any, split: str, member: Member) -> Any:
@@ -292,19 +322,26 @@ def _bound(metrics: dict, t: Threshold, step: float | None) -> tuple[float, floa
     return est, low, high, (high if t.bound == "max" else low)
 
 
-def evaluate_suite(cfg: GateConfig, spec: SuiteSpec, suite: Any) -> dict[str, Any]:
-    """Run the team on one suite, write its run record, and judge every threshold."""
+def team_meta(cfg: GateConfig, decision: dict[str, Any]) -> dict[str, Any]:
+    """The team's predictor metadata in its run records. Every member passed the approval check (check_environment,
+    and create() again): the team is approved, and each member's record (level, key, reason) is kept."""
     from predictors.approval import require_approved
 
-    from .scoring import score
-
-    preds, decision, used = team_predictions(cfg, suite, spec.split)
-    # every member passed the approval check (check_environment, and create() again): the team is approved, and each
-    # member's record (level, key, reason) goes into the run record
     members = [{"name": m.name, "options": m.options, **require_approved(m.name, m.options, opt_in=None)}
                for m in cfg.members]
-    meta = {"name": cfg.team_label, "label": cfg.team_label, "gate": cfg.name, "approved": True, "exploratory": False,
+    return {"name": cfg.team_label, "label": cfg.team_label, "gate": cfg.name, "approved": True, "exploratory": False,
             "approval": "every member is level 0 or approved", "members": members, **decision}
+
+
+def evaluate_suite(cfg: GateConfig, spec: SuiteSpec, suite: Any) -> dict[str, Any]:
+    """Run the team on one suite, write its run record, and judge every threshold (of the suite's kind)."""
+    from . import gate_trajectory
+    from .scoring import score
+
+    if gate_trajectory.is_trajectory(suite):
+        return gate_trajectory.evaluate(cfg, spec, suite)
+    preds, decision, used = team_predictions(cfg, suite, spec.split)
+    meta = team_meta(cfg, decision)
     result = score(suite, spec.split, preds, predictor=meta, seed=cfg.seed, strict=True)
     sealed = spec.split == "sealed"
     counts = {}
@@ -315,7 +352,7 @@ def evaluate_suite(cfg: GateConfig, spec: SuiteSpec, suite: Any) -> dict[str, An
             counts[m.label] = holdout.record(suite, m.label, run_id=result.summary["run_id"], via="gate",
                                              digest=result.summary["holdout"]["predictions_sha256"])
     checks = []
-    for t in spec.thresholds:
+    for t in gate_trajectory.thresholds_for(spec, "next-token"):
         step = holdout.step_for(t.metric, cfg.steps) if sealed else None
         est, low, high, bound = _bound(result.summary["metrics"], t, step)
         ok = bound <= t.limit if t.bound == "max" else bound >= t.limit
@@ -329,7 +366,7 @@ def evaluate_suite(cfg: GateConfig, spec: SuiteSpec, suite: Any) -> dict[str, An
     worst = [{"prompt_id": r.prompt_id, "kl_nats": holdout.coarse(r.kl_nats, kl_step) if sealed else r.kl_nats,
               "context_tokens": int(r.context_tokens), "text_end": prompts[r.prompt_id].text[-80:]}
              for r in worst_df.itertuples()]
-    return {"suite": suite.name, "version": suite.version, "commitment": suite.commitment, "split": spec.split,
+    return {"suite": suite.name, "kind": "next-token", "version": suite.version, "commitment": suite.commitment, "split": spec.split,
             "role": spec.role, "n": result.summary["n_scored"], "run_id": result.summary["run_id"],
             "team": decision, "checks": checks, "passed": all(c["passed"] for c in checks), "worst": worst,
             "submissions": counts, "target": suite.target}
@@ -338,10 +375,14 @@ def evaluate_suite(cfg: GateConfig, spec: SuiteSpec, suite: Any) -> dict[str, An
 def run_gate(cfg: GateConfig, *, root: Path | None = None) -> dict[str, Any]:
     """Check, refuse or run; returns the report dict (``verdict`` PASS / FAIL / REFUSED) and writes it."""
     suites = check_environment(cfg)
+    from .gate_trajectory import is_trajectory
+
+    trajectory = any(is_trajectory(s) for s in suites.values())
     report: dict[str, Any] = {
         "format": "logitpred-gate/1", "gate": cfg.name, "created": datetime.now(UTC).isoformat(),
         "command": records.command_line(), "config_sha256": hashlib.sha256(cfg.source.encode()).hexdigest(),
-        "config": load_yaml(cfg.source), "environment": records.environment(), "disclaimer": DISCLAIMER,
+        "config": load_yaml(cfg.source), "environment": records.environment(),
+        "disclaimer": DISCLAIMER_TRAJECTORY if trajectory else DISCLAIMER,
         "max_submissions": cfg.max_submissions, "suites": [],
     }
     try:
@@ -356,20 +397,7 @@ def run_gate(cfg: GateConfig, *, root: Path | None = None) -> dict[str, Any]:
 
 
 def write_report(report: dict[str, Any], *, root: Path | None = None) -> dict[str, Any]:
-    from .report import gate_markdown
+    """Write ``report.json`` and ``report.md`` under ``results/gates/<stamp>-<gate>/`` (``evals.report``)."""
+    from .report import write_gate_report
 
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    out = (root or results_dir()) / "gates" / f"{stamp}-{report['gate']}"
-    out.mkdir(parents=True, exist_ok=False)
-    report["report_dir"] = str(out)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=_json_default))
-    atomic_write_text(out / "report.md", gate_markdown(report))
-    return report
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, pd.Timestamp):
-        return o.isoformat()
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+    return write_gate_report(report, root=root)

@@ -1,6 +1,8 @@
 """Holdout hygiene for sealed splits: a per-predictor submission ledger, a limit, and coarse release of scores.
 
-Every scoring against a sealed split (``evals.scoring.score``, the inspect task, the gate) appends one line to
+Every scoring against a sealed split (``evals.scoring.score``; on trajectory suites
+``evals.trajectory_scoring`` for whole continuations and ``evals.stepwise`` once per step-wise attempt; the inspect
+tasks; the gate) appends one line to
 ``<data_dir>/holdout/submissions.jsonl`` (or ``$LOGITPRED_LEDGER``): suite, ``prompts`` (sha256 of the suite's
 ``sealed.jsonl``), the sealed commitment at the time, predictor, run id, time, how it was scored. A predictor's count
 is the number of lines for the suite's *sealed prompts*: the count belongs to the questions, so recomputing truth
@@ -36,7 +38,12 @@ from tasks.io import loads_json
 from tasks.paths import data_dir
 
 DEFAULT_STEP = {"kl_nats": 0.05, "kl_bits": 0.05, "reverse_kl_nats": 0.05, "ce_realized_nats": 0.05,
-                "js_bits": 0.01, "tv": 0.01, "brier": 0.01, "top1": 0.01, "top10_overlap": 0.01}
+                "js_bits": 0.01, "tv": 0.01, "brier": 0.01, "top1": 0.01, "top10_overlap": 0.01,
+                # trajectory suites (evals.trajectory_scoring, evals.stepwise): orders of magnitude and nats on a
+                # 0.05 grid, the share within 10x like a rate; calibration fit on 0.05
+                "mean_abs_log10_error": 0.05, "mean_log10_error": 0.05, "mean_abs_nats_per_token": 0.05,
+                "within_10x_share": 0.01, "calibration_slope": 0.05, "calibration_intercept": 0.05,
+                "trajectory_kl": 0.05, "ce_sampled_nats": 0.05}
 
 
 class HoldoutError(RuntimeError):
@@ -174,6 +181,7 @@ def release_interval(estimate: float, low: float, high: float, step: float) -> t
 
 
 def step_for(metric: str, steps: dict[str, float] | None = None) -> float:
-    """The release step of a metric: configured, else the default (0.05 nats for KL-like metrics, 0.01 for rates)."""
+    """The release step of a metric: configured, else the default (0.05 nats for KL-like metrics, 0.01 for rates;
+    trajectory metrics: 0.05 orders of magnitude for log10 errors, 0.05 nats for the trajectory KL)."""
     table = {**DEFAULT_STEP, **(steps or {})}
     return table.get(metric, 0.01)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import html
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tasks.io import atomic_write_text, read_json, read_text
@@ -137,6 +139,23 @@ def _num(v: float) -> str:
     return f"{v:.3f}"
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _worst_questions(worst: list[dict[str, Any]]) -> list[str]:
+    """A trajectory suite's worst whole-continuation questions by absolute log10 error (sealed: on the grid)."""
+    if not worst:
+        return []
+    lines = ["", f"Worst {len(worst)} questions by |log10 error|:", "",
+             "| prompt | continuation (kind) | tokens | abs log10 error | prompt ends with | continuation |",
+             "|---|---|---|---|---|---|"]
+    for w in worst:
+        lines.append(f"| {w['prompt_id']} | {w['continuation_id']} ({w['kind']}) | {w['n_tokens']} | "
+                     f"{_num(w['abs_error_log10'])} | …{_cell(w['text_end'])} | {_cell(w['continuation'])} |")
+    return lines
+
+
 def gate_markdown(report: dict[str, Any]) -> str:
     """The gate report as Markdown: verdict, per suite each check with CI and threshold, worst prompts, disclaimer."""
     lines = [f"# Gate `{report['gate']}`: **{report['verdict']}**", "",
@@ -149,29 +168,50 @@ def gate_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"**Refused before running:** {report['reason']}"]
     for s in report["suites"]:
         tgt = s["target"]
-        lines += ["", f"## {s['suite']} ({s['split']}{', ' + s['role'] if s['role'] else ''}): "
-                  f"**{'PASS' if s['passed'] else 'FAIL'}**", "",
+        trajectory = s.get("kind") == "trajectory"
+        if trajectory:
+            sizes = ", ".join(f"{v} {k}" for k, v in s["sizes"].items())
+            where = ("; run records " + ", ".join(f"{k.replace('_', ' ')} `{v}`" for k, v in s["run_ids"].items()))
+        else:
+            sizes, where = f"{s['n']} prompts", f"; run record `{s['run_id']}`"
+        lines += ["", f"## {s['suite']} ({s['split']}{', ' + s['role'] if s['role'] else ''}"
+                  f"{', trajectory suite' if trajectory else ''}): **{'PASS' if s['passed'] else 'FAIL'}**", "",
                   f"suite version {s['version']}, commitment `{s['commitment']}`; target {tgt['name']} ({tgt['id']}); "
-                  f"{s['n']} prompts; run record `{s['run_id']}`"]
+                  f"{sizes}{where}"]
         d = s["team"]
-        if d["rule"] == "best-on-practice":
+        if d["rule"] == "best-on-practice" and "practice_scores" in d:
+            lines.append(f"team prediction: **{d['chosen']}**, chosen before scoring by practice "
+                         f"{d['practice_metric'].replace('_', ' ')} ("
+                         + ", ".join(f"{k} {_num(v)}" for k, v in d["practice_scores"].items()) + ")"
+                         + (" — chosen on the scored split itself, so optimistic" if s["split"] == "practice" else ""))
+        elif d["rule"] == "best-on-practice":
             lines.append(f"team prediction: **{d['chosen']}**, chosen before scoring by practice mean KL ("
                          + ", ".join(f"{k} {_num(v)}" for k, v in d["practice_kl_mean"].items()) + ")"
                          + (" — chosen on the scored split itself, so optimistic" if s["split"] == "practice" else ""))
         else:
-            lines.append("team prediction: mixture " + ", ".join(f"{w:g} x {k}" for k, w in d["weights"].items()))
+            lines.append("team prediction: mixture " + ", ".join(f"{w:g} x {k}" for k, w in d["weights"].items())
+                         + (" at every step (whole continuations by the chain rule over it)" if trajectory else ""))
         if s["submissions"]:
             lim = report.get("max_submissions")
             lines.append("sealed submissions so far: " + ", ".join(
                 f"{k} {v}" + (f" of {lim}" if lim else "") for k, v in s["submissions"].items()))
         lines += ["", "| metric | estimate | 95% CI | compared | threshold | result |", "|---|---|---|---|---|---|"]
         for c in s["checks"]:
-            lines.append(f"| {c['statistic']} {c['metric']} | {_num(c['estimate'])} | [{_num(c['ci'][0])}, "
+            name = (f"{c['metric']} ({c['unit']})" if c.get("kind") == "trajectory"
+                    else f"{c['statistic']} {c['metric']}")
+            lines.append(f"| {name} | {_num(c['estimate'])} | [{_num(c['ci'][0])}, "
                          f"{_num(c['ci'][1])}] | {c['compared']} {_num(c['bound'])} | {c['op']} {c['threshold']:g} | "
                          f"{'pass' if c['passed'] else '**FAIL**'} |")
         if any(c["step"] for c in s["checks"]):
             lines.append("\nSealed: estimates on the release grid, CI bounds rounded outward; the decision uses the "
                          "released bounds.")
+        if s.get("trajectory_kl_per_step"):
+            lines.append("\ntrajectory KL per step (nats, mean over samples [95% CI]): " + "; ".join(
+                f"{t}: {_num(e)} [{_num(lo)}, {_num(hi)}]" for t, (e, lo, hi) in
+                enumerate(s["trajectory_kl_per_step"], 1)))
+        if trajectory:
+            lines += _worst_questions(s["worst"])
+            continue
         lines += ["", f"Worst {len(s['worst'])} prompts by KL:", "", "| prompt | ctx tokens | KL (nats) | ends with |",
                   "|---|---|---|---|"]
         for w in s["worst"]:
@@ -179,3 +219,23 @@ def gate_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {w['prompt_id']} | {w['context_tokens']} | {_num(w['kl_nats'])} | …{end} |")
     lines += ["", f"**Verdict: {report['verdict']}.** {report['disclaimer']}", ""]
     return "\n".join(lines)
+
+
+def write_gate_report(report: dict[str, Any], *, root: Path | None = None) -> dict[str, Any]:
+    """Write a gate's ``report.json`` and ``report.md`` under ``results/gates/<stamp>-<gate>/``; returns the report
+    with ``report_dir`` set."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    out = (root or results_dir()) / "gates" / f"{stamp}-{report['gate']}"
+    out.mkdir(parents=True, exist_ok=False)
+    report["report_dir"] = str(out)
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=_json_default))
+    atomic_write_text(out / "report.md", gate_markdown(report))
+    return report
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, pd.Timestamp):
+        return o.isoformat()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")

@@ -19,9 +19,11 @@ def gate(
     = Path("gate.yaml"),
 ) -> None:
     """Run the pre-deployment gate: suites x approved team, thresholds on CI bounds; exit 0 pass, 1 fail, 2 config."""
+    from predictors.chain import ChainError
     from tasks.io import read_text
 
     from ..gate import GateConfigError, load_config, run_gate
+    from ..holdout import HoldoutError
     from ..scoring import ScoringError
 
     try:
@@ -30,8 +32,10 @@ def gate(
             report = run_gate(cfg)
     except GateConfigError as e:
         fail(f"gate config: {e}", code=2)
-    except ScoringError as e:
+    except (ScoringError, ChainError) as e:  # ChainError: a member's answers to trajectory questions are unusable
         fail(f"gate could not score the team: {e}", code=1)
+    except HoldoutError as e:  # a limit reached while running (the scorers' own $LOGITPRED_SEALED_LIMIT check)
+        fail(f"gate refused while running: {e}", code=1)
     typer.echo(read_text(Path(report["report_dir"], "report.md")))  # plain: rich would re-wrap the tables
     typer.echo(f"report: {report['report_dir']}/report.md (and report.json)")
     raise typer.Exit(0 if report["verdict"] == "PASS" else 1)
