@@ -7,6 +7,11 @@ the ranking are compared on the prompts both scored (paired): the mean KL differ
 bootstrap of the mean per-prompt difference) and the two-sided Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``).
 Uniform and unigram baselines sit beside everything else (``make run`` scores them).
 
+Trajectory suites (``evals.leaderboard_trajectory``) get rows of their own kind (``questions``: ``trajectory``; the
+next-token rows say ``next-token``): mean absolute log10 error of whole continuations and share within 10x, and the
+trajectory KL along the target's samples, each with its CI, ranked by the log10 error; the paired comparison is on the
+questions both answered.
+
 Sealed splits are released coarsely (``evals.holdout``): estimates on the release grid, CI bounds rounded outward,
 the standing ``kl_ladder`` is Blum & Hardt's Ladder over the predictor's sealed runs in time order, p-values rounded
 up to two decimals. ``leaderboard(..., release=False)`` gives the exact numbers to harness-side code.
@@ -28,19 +33,21 @@ from tasks.io import atomic_write_text
 from tasks.paths import results_dir
 
 from . import holdout
+from . import leaderboard_trajectory as traj
 from .records import read_runs
 from .stats import bootstrap_ci
 
 COLUMNS = ["suite", "split", "predictor", "n", "kl_mean", "kl_ci_low", "kl_ci_high", "kl_median", "kl_p90", "top1",
            "top1_ci_low", "top1_ci_high", "ce_realized", "target_ce_realized", "js_bits", "delta_next",
-           "delta_ci_low", "delta_ci_high", "n_paired", "p_wilcoxon", "kl_ladder", "approved", "run_id"]
+           "delta_ci_low", "delta_ci_high", "n_paired", "p_wilcoxon", "kl_ladder", "approved", "run_id", *traj.COLUMNS]
 RELEASE_COLUMNS = {"kl_mean": ("kl_nats", "nearest"), "kl_ci_low": ("kl_nats", "down"),
                    "kl_ci_high": ("kl_nats", "up"), "kl_median": ("kl_nats", "nearest"),
                    "kl_p90": ("kl_nats", "nearest"), "top1": ("top1", "nearest"), "top1_ci_low": ("top1", "down"),
                    "top1_ci_high": ("top1", "up"), "ce_realized": ("ce_realized_nats", "nearest"),
                    "target_ce_realized": ("ce_realized_nats", "nearest"), "js_bits": ("js_bits", "nearest"),
                    "delta_next": ("kl_nats", "nearest"), "delta_ci_low": ("kl_nats", "down"),
-                   "delta_ci_high": ("kl_nats", "up")}
+                   "delta_ci_high": ("kl_nats", "up"), "mal10_ladder": ("mean_abs_log10_error", "nearest"),
+                   **traj.RELEASE}
 
 SEALED_NOTE = ("numbers released on the holdout grid (KL step 0.05 nats, rates 0.01; CI bounds rounded outward; "
                "p-values rounded up to 0.01), so repeated submissions cannot mine the sealed truth.")
@@ -55,9 +62,12 @@ def per_prompt(run: dict[str, Any]) -> pd.DataFrame:
     return pd.read_csv(Path(run["_dir"]) / "per_prompt.csv")
 
 
-def paired(a: pd.DataFrame, b: pd.DataFrame, *, metric: str = "kl_nats", seed: int = 0) -> dict[str, float]:
-    """Paired comparison on the prompts both tables scored: mean of b - a with a bootstrap CI, and Wilcoxon's p."""
-    m = a[["prompt_id", metric]].merge(b[["prompt_id", metric]], on="prompt_id", suffixes=("_a", "_b"))
+def paired(a: pd.DataFrame, b: pd.DataFrame, *, metric: str = "kl_nats", seed: int = 0,
+           on: list[str] | None = None) -> dict[str, float]:
+    """Paired comparison on the prompts (or ``on`` keys, e.g. questions) both tables scored: mean of b - a with a
+    bootstrap CI, and Wilcoxon's p."""
+    on = on or ["prompt_id"]
+    m = a[[*on, metric]].merge(b[[*on, metric]], on=on, suffixes=("_a", "_b"))
     d = (m[f"{metric}_b"] - m[f"{metric}_a"]).to_numpy(np.float64)
     if d.size == 0:
         return {"delta": np.nan, "low": np.nan, "high": np.nan, "n": 0, "p": np.nan}
@@ -89,12 +99,13 @@ def _ladder(runs: list[dict[str, Any]], suite: str, label: str, key: str | None)
 
 def leaderboard(suite: str, split: str = "sealed", *, root: Path | None = None, release: bool | None = None,
                 runs: list[dict[str, Any]] | None = None, seed: int = 0) -> pd.DataFrame:
-    """DataFrame of the latest run per predictor on ``suite``/``split``, best (lowest mean KL) first.
+    """DataFrame of the latest run per predictor on ``suite``/``split``, best (lowest mean KL) first; a trajectory
+    suite's rows (``questions == "trajectory"``) follow, best (lowest mean absolute log10 error) first.
 
     ``release`` (default: True for sealed) puts sealed numbers on the holdout grid; ``runs`` reuses loaded records.
     """
-    runs = read_runs(root) if runs is None else runs
-    runs = [r for r in runs if "questions" not in r]  # next-token runs (trajectory runs: evals.trajectory_scoring)
+    every = read_runs(root) if runs is None else runs
+    runs = [r for r in every if "questions" not in r]  # next-token runs (trajectory runs: leaderboard_trajectory)
     latest = _latest(runs, suite, split)
     rows = []
     for label, run in latest.items():
@@ -107,7 +118,7 @@ def leaderboard(suite: str, split: str = "sealed", *, root: Path | None = None, 
             "top1_ci_high": m["top1"]["mean"][2], "ce_realized": m["ce_realized_nats"]["mean"][0],
             "target_ce_realized": m["target_ce_realized_nats"]["mean"][0], "js_bits": m["js_bits"]["mean"][0],
             "kl_ladder": _ladder(runs, suite, label, holdout_key(run)) if split == "sealed" else np.nan,
-            "approved": run["predictor"].get("approved", True), "run_id": run["run_id"],
+            "approved": run["predictor"].get("approved", True), "run_id": run["run_id"], "questions": "next-token",
         })
     df = pd.DataFrame(rows, columns=COLUMNS).sort_values(["kl_mean", "predictor"], kind="stable")
     df = df.reset_index(drop=True)
@@ -116,6 +127,9 @@ def leaderboard(suite: str, split: str = "sealed", *, root: Path | None = None, 
         c = paired(tables[df.at[i, "predictor"]], tables[df.at[i + 1, "predictor"]], seed=seed)
         df.loc[i, ["delta_next", "delta_ci_low", "delta_ci_high", "n_paired", "p_wilcoxon"]] = [
             c["delta"], c["low"], c["high"], c["n"], c["p"]]
+    more = traj.rows(every, suite, split, seed=seed)
+    if not more.empty:
+        df = more if df.empty else pd.concat([df, more], ignore_index=True)
     if release if release is not None else split == "sealed":
         df = released(df)
     return df
@@ -152,6 +166,17 @@ def _p(v: Any) -> str:
 def to_markdown(df: pd.DataFrame, *, title: str = "") -> str:
     """A readable Markdown table: KL in nats with its 95% CI, the paired comparison with the next row, top-1 in %."""
     lines = [f"### {title}", ""] if title else []
+    trajectory = df[df["questions"] == "trajectory"].reset_index(drop=True)
+    df = df[df["questions"] != "trajectory"]
+    if not trajectory.empty:
+        lines += ["Trajectory suite: whole continuations (mean absolute log10 error, orders of magnitude; lower is "
+                  "better) and trajectory KL along the target's samples (nats).", "", *traj.to_markdown(trajectory)]
+        if not df.empty:
+            lines.append("")
+    if df.empty:
+        if len(trajectory) and trajectory["split"].iloc[0] == "sealed":
+            lines += ["", f"Sealed split: {SEALED_NOTE}"]
+        return "\n".join(lines) + "\n"
     lines += ["| # | predictor | n | mean KL (nats) [95% CI] | vs next: ΔKL [95% CI], Wilcoxon p | median KL | "
               "top-1 | CE realized | target CE |", "|---|---|---|---|---|---|---|---|---|"]
     for i, r in df.reset_index(drop=True).iterrows():
@@ -167,7 +192,8 @@ def to_markdown(df: pd.DataFrame, *, title: str = "") -> str:
 
 
 def pivot(df: pd.DataFrame) -> pd.DataFrame:
-    """Predictors x suites: ``mean [low, high]`` strings, for the cross-suite summary."""
+    """Predictors x next-token suites: ``mean [low, high]`` of KL strings, for the cross-suite summary."""
+    df = df[df["questions"] != "trajectory"]
     cell = df.assign(cell=[f"{_fmt(a)} [{_fmt(b)}, {_fmt(c)}]" for a, b, c in
                            zip(df["kl_mean"], df["kl_ci_low"], df["kl_ci_high"], strict=True)])
     return cell.pivot(index="predictor", columns="suite", values="cell").fillna("-")
@@ -196,7 +222,14 @@ def write_all(df: pd.DataFrame, split: str, *, root: Path | None = None, plots: 
     summary = "\n".join(["| predictor | " + " | ".join(map(str, piv.columns)) + " |",
                          "|---" * (len(piv.columns) + 1) + "|",
                          *(f"| {i} | " + " | ".join(r) + " |" for i, r in zip(piv.index, piv.values.tolist(), strict=True))])
-    atomic_write_text(paths["md"], f"## Mean KL by suite ({split}; nats, 95% CI)\n\n{summary}\n\n" + "\n".join(
+    tsum = ""
+    if (df["questions"] == "trajectory").any():
+        tp = traj.pivot(df[df["questions"] == "trajectory"])
+        tsum = "\n".join([f"## Trajectory suites ({split}; mean |log10 error| and trajectory KL, 95% CI)", "",
+                          "| predictor | " + " | ".join(map(str, tp.columns)) + " |", "|---" * (len(tp.columns) + 1)
+                          + "|", *(f"| {i} | " + " | ".join(r) + " |" for i, r in
+                                   zip(tp.index, tp.values.tolist(), strict=True)), "", ""])
+    atomic_write_text(paths["md"], f"## Mean KL by suite ({split}; nats, 95% CI)\n\n{summary}\n\n{tsum}" + "\n".join(
         to_markdown(p.reset_index(drop=True), title=f"{s} ({split})") for s, p in df.groupby("suite", sort=False)))
     paths["html"] = out / f"index-{split}.html"
     atomic_write_text(paths["html"], to_html(df, split, plots=plots, root=root))
@@ -215,12 +248,24 @@ def to_html(df: pd.DataFrame, split: str, *, plots: bool = True, root: Path | No
             "<h2>By suite</h2>", pivot(df).rename_axis(index=None, columns=None).to_html(classes="board")]
     if split == "sealed":
         body.insert(2, f"<p><b>Sealed split:</b> {html.escape(SEALED_NOTE)}</p>")
-    if plots and len(df):
-        body.append(f'<img alt="mean KL per suite" src="{P.data_uri(P.png_bytes(P.suite_bars(df)))}">')
+    nt = df[df["questions"] != "trajectory"]
+    if (df["questions"] == "trajectory").any():
+        body += ["<h2>Trajectory suites</h2>", "<p>Mean absolute log10 error of whole continuations (orders of "
+                 "magnitude) and trajectory KL along the target's samples (nats), 95% CIs; lower is better.</p>",
+                 traj.pivot(df[df["questions"] == "trajectory"]).rename_axis(index=None, columns=None).to_html(
+                     classes="board")]
+    if plots and len(nt):
+        body.append(f'<img alt="mean KL per suite" src="{P.data_uri(P.png_bytes(P.suite_bars(nt)))}">')
     runs = {r["run_id"]: r for r in read_runs(root)} if plots else {}
     for suite, part in df.groupby("suite", sort=False):
         part = part.reset_index(drop=True)
-        body += [f"<h2>{html.escape(str(suite))}</h2>", _markdown_table_html(part)]
+        body.append(f"<h2>{html.escape(str(suite))}</h2>")
+        if (part["questions"] == "trajectory").any():
+            body.append(traj.to_html(part[part["questions"] == "trajectory"]))
+        part = part[part["questions"] != "trajectory"]
+        if part.empty:
+            continue  # trajectory suites: tables only (their calibration plots are in each run's record)
+        body.append(_markdown_table_html(part))
         if plots and runs:
             tables = {r.predictor: per_prompt(runs[r.run_id]) for r in part.itertuples() if r.run_id in runs}
             for fn in (P.kl_distribution, P.kl_vs_context, P.calibration):

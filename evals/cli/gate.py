@@ -48,8 +48,9 @@ def leaderboard(
     = "sealed",
     html: Annotated[bool, typer.Option(help="Also write the self-contained HTML page with plots.")] = True,
 ) -> None:
-    """Rank predictors per suite by mean KL with 95% bootstrap CIs and paired tests between neighbours; writes
-    Markdown, CSV and HTML under results/leaderboards/."""
+    """Rank predictors per suite by mean KL (trajectory suites: mean |log10 error| of whole continuations, beside the
+    trajectory KL) with 95% bootstrap CIs and paired tests between neighbours; writes Markdown, CSV and HTML under
+    results/leaderboards/."""
     from rich.table import Table
 
     from .. import leaderboard as lb
@@ -60,6 +61,16 @@ def leaderboard(
         fail(f"no scored runs for {where} on split {split!r}: run `logitpred score` or `logitpred run` first", code=1)
     paths = lb.write_all(df, split, plots=html)
     for name, part in df.groupby("suite", sort=False):
+        tr = part[part["questions"] == "trajectory"]
+        if len(tr):  # a trajectory suite: whole-continuation errors and the trajectory KL
+            shown = [lb.traj.cells(r) for _, r in tr.iterrows()]
+            table = Table("#", *shown[0], title=f"{name} / {split}: trajectory questions (lower is better)")
+            for i, c in enumerate(shown, 1):
+                table.add_row(str(i), *c.values())
+            out.print(table)
+        part = part[part["questions"] != "trajectory"]
+        if part.empty:
+            continue
         table = Table("#", "predictor", "n", "mean KL nats [95% CI]", "vs next ΔKL [95% CI]", "p", "top-1",
                       title=f"{name} / {split} (lower KL is better)")
         for i, r in part.reset_index(drop=True).iterrows():

@@ -111,3 +111,78 @@ def test_ladder_history_follows_the_sealed_prompts_not_the_commitment():
     assert _ladder(runs + [run(1.0, "c3", prompts="p2")], "s", "x", "p2") == 1.0  # a new holdout starts afresh
     legacy = [{**r, "suite": {"name": "s", "commitment": "c1"}} for r in runs[:1]]
     assert _ladder(legacy, "s", "x", "c1") == 3.0  # records from before the prompts hash: keyed by commitment
+
+
+@pytest.fixture()
+def trajectory_board(trajectory_home, tiny_suite, tmp_path, monkeypatch):
+    """Whole-continuation scorings and step-wise attempts of uniform and unigram on both splits of the session's
+    trajectory suite ``traj``, and a next-token run on ``tiny``, into a fresh results folder."""
+    from evals.stepwise import run_stepwise
+    from evals.trajectory_scoring import score_trajectory_predictions
+    from predictors import PredictorContext, create
+    from predictors.chain import answer_questions, split_questions
+    from tasks import load_suite
+
+    monkeypatch.setenv("LOGITPRED_HOME", str(trajectory_home))
+    monkeypatch.setenv("LOGITPRED_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("LOGITPRED_LEDGER", str(tmp_path / "ledger.jsonl"))
+    s = load_suite("traj")
+    ctx = PredictorContext.from_suite(s)
+    for name in ("uniform", "unigram"):
+        p = create(name, ctx)
+        for split in ("practice", "sealed"):
+            preds = answer_questions(p, ctx, split_questions(s, split)).predictions
+            score_trajectory_predictions(s, split, preds, predictor={"name": name})
+            run_stepwise(s, split, p, ctx, predictor_meta={"name": name})
+    ids = [q.id for q in tiny_suite.prompts("practice")]
+    q = np.stack([densify(Prediction(i, {}, "unigram"), tiny_suite.vocabulary, tiny_suite.background) for i in ids])
+    score(tiny_suite, "practice", ValidatedPredictions(ids, q, [], []), predictor={"name": "unigram"})
+    return tmp_path / "results"
+
+
+def test_trajectory_rows_beside_next_token_rows(trajectory_board):
+    from evals.records import read_runs
+    from evals.stats import bootstrap_ci
+
+    runs = {(r["predictor"]["name"], r["split"], r.get("questions")): r for r in read_runs(trajectory_board)
+            if r["suite"]["name"] == "traj"}
+    df = lb.leaderboard("traj", "practice", root=trajectory_board)
+    assert list(df["questions"]) == ["trajectory", "trajectory"]
+    # ranked by mean |log10 error|, each value the run record's own, recomputed from its per-question errors
+    errs = {}
+    for r in df.itertuples():
+        whole = runs[(r.predictor, "practice", "trajectory")]
+        per = pd.read_csv(trajectory_board / whole["run_id"] / "per_prompt.csv")
+        errs[r.predictor] = per.set_index(["prompt_id", "continuation_id"])["abs_error_log10"]
+        x = np.abs(per["pred_logprob"] - per["true_logprob"]).to_numpy() / np.log(10)
+        assert [r.mal10_mean, r.mal10_ci_low, r.mal10_ci_high] == pytest.approx(list(bootstrap_ci(x, seed=0)))
+        steps = runs[(r.predictor, "practice", "trajectory-steps")]
+        totals = pd.read_csv(trajectory_board / steps["run_id"] / "per_prompt.csv").groupby(
+            "continuation_id", sort=False)["kl_nats"].sum().to_numpy()
+        assert r.tkl_mean == pytest.approx(totals.mean())
+        assert [r.tkl_mean, r.tkl_ci_low, r.tkl_ci_high] == steps["metrics"]["trajectory_kl"]["total"]
+        assert r.n == len(per) and r.n_samples == steps["n_samples"] and np.isnan(r.kl_mean)
+    assert df["mal10_mean"].is_monotonic_increasing
+    a, b = errs[df.at[0, "predictor"]], errs[df.at[1, "predictor"]]
+    d = (b - a.reindex(b.index)).to_numpy()
+    assert df.at[0, "delta_next"] == pytest.approx(d.mean()) and df.at[0, "n_paired"] == len(d)
+    assert df.at[0, "p_wilcoxon"] == pytest.approx(stats.wilcoxon(d).pvalue)
+    # sealed: on the grid (0.05 orders of magnitude and nats, 0.01 for the share), bounds outward, the Ladder
+    exact = lb.leaderboard("traj", "sealed", root=trajectory_board, release=False)
+    shown = lb.leaderboard("traj", "sealed", root=trajectory_board)
+    for col in ("mal10_mean", "mal10_ci_low", "mal10_ci_high", "tkl_mean", "tkl_ci_low", "tkl_ci_high"):
+        v = shown[col].to_numpy()
+        np.testing.assert_allclose(v / 0.05, np.round(v / 0.05), atol=1e-6)
+    assert (shown["tkl_ci_high"] >= exact["tkl_ci_high"]).all() and (shown["mal10_ci_low"] <= exact["mal10_ci_low"]).all()
+    assert (shown["mal10_ladder"] == shown["mal10_mean"]).all()
+    # across suites: next-token KL for tiny, trajectory metrics for traj, in one table and one page
+    both = lb.leaderboards(None, "practice", root=trajectory_board)
+    assert set(zip(both["suite"], both["questions"], strict=True)) == {("tiny", "next-token"), ("traj", "trajectory")}
+    paths = lb.write_all(both, "practice", root=trajectory_board)
+    md = paths["md"].read_text()
+    assert "Mean KL by suite" in md and "Trajectory suites" in md and "trajectory KL nats [95% CI]" in md
+    html = paths["html"].read_text()
+    assert "Trajectory suites" in html and "mean |log10 error| [95% CI]" in html
+    result = CliRunner().invoke(app, ["leaderboard", "--split", "sealed", "--suite", "traj"])
+    assert result.exit_code == 0, result.output
+    assert "trajectory questions" in result.output and f"{shown.at[0, 'tkl_mean']:.3f}" in result.output
