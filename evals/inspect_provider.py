@@ -19,6 +19,14 @@ see for that suite (``PredictorContext.from_suite``: vocabulary, train-part back
 never sealed truth), rebuilds the ``PromptView`` from the text (id and token ids of the suite prompt with exactly that
 text, else the text re-encoded), and calls the predictor.
 
+Trajectory suites (``evals.trajectory_inspect``): a sample whose messages end with an *assistant* message after the
+user message asks a whole-continuation question, log P(assistant text | user text). The provider finds the suite's
+question with exactly that prompt and continuation text (harness-side lookup of ids and target token ids; other text
+is re-encoded, and a continuation that does not tokenize apart from its prompt is refused), answers it by the
+predictor's fast path or the chain rule over its next-token predictions (``predictors.chain.answer_questions``, as
+``logitpred run`` does), and returns ``metadata["logitpred"]`` with ``kind: "trajectory"``, the question's ids, the
+``logprob`` (nats), the per-step log-probs and the approval metadata: a few numbers, kept in the log.
+
 What comes back, and what the log keeps: the completion is the most probable candidate's text and
 ``metadata["logitpred"]`` holds a handle, the top 10 candidates and the approval metadata. The full prediction (often a 49,152-entry vector)
 stays in this process until the scorer takes it with ``take_prediction(handle)``: written into the log three times per
@@ -37,6 +45,7 @@ from typing import Any
 import numpy as np
 from inspect_ai.model import (
     ChatMessage,
+    ChatMessageAssistant,
     ChatMessageSystem,
     ChatMessageUser,
     GenerateConfig,
@@ -124,11 +133,13 @@ class _SuiteView:
         from tasks import SPLITS, load_suite
 
         suite = load_suite(suite_name)
+        self.suite = suite
         self.ctx = PredictorContext.from_suite(suite)
         self.predictor = create(predictor, self.ctx, allow_unapproved=allow_unapproved, **options)
         # Harness-side lookup: the view carries id and token ids only, never the realized next token.
         self.views: dict[str, PromptView] = {p.text: view(p) for s in SPLITS for p in suite.prompts(s)}
         self._tokenizer: Any = None
+        self._questions: dict[tuple[str, str], Any] | None = None
 
     def prompt_view(self, text: str) -> PromptView:
         if text in self.views:
@@ -137,6 +148,33 @@ class _SuiteView:
             self._tokenizer = self.ctx.tokenizer()
         ids = tuple(self._tokenizer(text, add_special_tokens=False)["input_ids"])
         return PromptView("adhoc-" + uuid.uuid5(uuid.NAMESPACE_URL, text).hex[:12], text, ids)
+
+    def question(self, text: str, continuation: str) -> Any:
+        """The whole-continuation question (``predictors.chain.TrajectoryQuestion``) of a prompt text and a
+        continuation text: the suite's own (any split) where both match, else built from the target tokenizer's
+        encoding (``given``; refused when the continuation does not tokenize apart from the prompt)."""
+        from predictors.chain import TrajectoryQuestion, split_questions
+        from tasks import SPLITS
+        from tasks.trajectory import spec
+
+        if self._questions is None:
+            self._questions = {}
+            if spec(self.suite) is not None:
+                for s in SPLITS:
+                    self._questions.update({(q.prompt.text, q.text): q for q in split_questions(self.suite, s)})
+        if (text, continuation) in self._questions:
+            return self._questions[(text, continuation)]
+        pv = self.prompt_view(text)
+        if self._tokenizer is None:
+            self._tokenizer = self.ctx.tokenizer()
+        ids = tuple(self._tokenizer(text + continuation, add_special_tokens=False)["input_ids"])
+        n = len(pv.token_ids)
+        if ids[:n] != pv.token_ids or len(ids) == n:
+            raise ValueError(f"continuation {continuation!r} does not tokenize apart from its prompt (the target "
+                             f"tokenizer merges across the boundary: prompt {list(pv.token_ids[-3:])} at its end, "
+                             f"prompt + continuation {list(ids[max(0, n - 3):n + 3])} around it)")
+        cid = "adhoc-" + uuid.uuid5(uuid.NAMESPACE_URL, text + "\0" + continuation).hex[:12]
+        return TrajectoryQuestion(pv, cid, "given", continuation, ids[n:])
 
 
 class PredictorAPI(ModelAPI):
@@ -171,6 +209,9 @@ class PredictorAPI(ModelAPI):
         if name not in self._suites:
             self._suites[name] = _SuiteView(name, self.model_name, self.options, self.allow_unapproved)
         sv = self._suites[name]
+        continuations = [m for m in input if isinstance(m, ChatMessageAssistant)]
+        if continuations:
+            return self._trajectory(sv, users[0].text, continuations)
         pv = sv.prompt_view(users[0].text)
         preds = sv.predictor.predict([pv])
         if len(preds) != 1:
@@ -181,6 +222,25 @@ class PredictorAPI(ModelAPI):
         meta = {"handle": handle, "prompt_id": pv.id, "top": top,
                 "rest": None if preds[0].probs is not None else preds[0].rest, "approval": dict(self.approval)}
         output = ModelOutput.from_content(model=f"predictor/{self.model_name}", content=top[0][0] if top else "")
+        output.metadata = {"logitpred": meta}
+        return output
+
+
+    def _trajectory(self, sv: _SuiteView, text: str, continuations: list[ChatMessageAssistant]) -> ModelOutput:
+        """A whole-continuation question: log P(continuation | prompt) by the predictor (module doc)."""
+        from predictors.chain import answer_questions
+
+        if len(continuations) != 1:
+            raise ValueError(f"predictor/{self.model_name}: a whole-continuation question has exactly one assistant "
+                             f"message (the continuation), got {len(continuations)}")
+        q = sv.question(text, continuations[0].text)
+        answers = answer_questions(sv.predictor, sv.ctx, [q])
+        a = answers.predictions[0]
+        meta = {"kind": "trajectory", "prompt_id": q.prompt.id, "continuation_id": q.continuation_id,
+                "logprob": a.logprob, "steps": list(a.steps) if a.steps is not None else None,
+                "answered_by": answers.method, "approval": dict(self.approval)}
+        output = ModelOutput.from_content(model=f"predictor/{self.model_name}",
+                                          content=f"log10 P = {a.logprob / np.log(10):.4f}")
         output.metadata = {"logitpred": meta}
         return output
 
