@@ -132,3 +132,47 @@ def test_torn_last_line_is_skipped_and_older_rows_still_count(ledger):
     ledger.write_text(ledger.read_text() + "{broken\n" + json.dumps(old) + "\n")
     with pytest.raises(holdout.HoldoutError, match="line 4 is corrupted"):
         holdout.count(suite, "p")
+
+
+def test_trajectory_sealed_scorings_are_counted_limited_and_released_on_the_grid(trajectory_home, ledger,
+                                                                                 monkeypatch):
+    """Trajectory sealed splits follow the same hygiene: each whole-continuation scoring of new answers and each
+    step-wise attempt is one sealed submission of the label (the same answers again are not), practice is never
+    counted, a label at the limit is refused before anything is scored, and the new metrics have grid steps."""
+    from evals.stepwise import run_stepwise
+    from evals.trajectory_scoring import score_trajectory_predictions
+    from predictors import PredictorContext, create
+    from predictors.chain import answer_questions, split_questions
+    from predictors.trajectory_format import TrajectoryPrediction
+    from tasks import load_suite
+
+    monkeypatch.setenv("LOGITPRED_HOME", str(trajectory_home))
+    monkeypatch.setenv("LOGITPRED_SEALED_LIMIT", "3")
+    s = load_suite("traj")
+    ctx = PredictorContext.from_suite(s)
+    p = create("unigram", ctx)
+    preds = answer_questions(p, ctx, split_questions(s, "sealed")).predictions
+    meta = {"name": "unigram"}
+    score_trajectory_predictions(s, "practice", answer_questions(p, ctx, split_questions(s, "practice")).predictions,
+                                 predictor=meta)
+    assert holdout.count(s, "unigram") == 0
+    first = score_trajectory_predictions(s, "sealed", preds, predictor=meta)
+    assert first.summary["holdout"]["submission"] == 1
+    score_trajectory_predictions(s, "sealed", preds, predictor=meta)  # the same answers: nothing new revealed
+    assert holdout.count(s, "unigram") == 1
+    steps = run_stepwise(s, "sealed", p, ctx, predictor_meta=meta)  # a step-wise attempt: one more
+    assert steps.summary["holdout"]["submission"] == 2 and holdout.count(s, "unigram") == 2
+    other = [TrajectoryPrediction(x.prompt_id, x.continuation_id, x.logprob - 0.5) for x in preds]
+    assert score_trajectory_predictions(s, "sealed", other, predictor=meta).summary["holdout"]["submission"] == 3
+    runs = len(list((ledger.parent / "results").glob("*/summary.json")))
+    with pytest.raises(holdout.HoldoutError, match="limit 3"):
+        score_trajectory_predictions(s, "sealed", [TrajectoryPrediction(x.prompt_id, x.continuation_id, -1.0)
+                                                   for x in preds], predictor=meta)
+    with pytest.raises(holdout.HoldoutError, match="limit 3"):
+        run_stepwise(s, "sealed", p, ctx, predictor_meta=meta)
+    assert holdout.count(s, "unigram") == 3 and len(list((ledger.parent / "results").glob("*/summary.json"))) == runs
+    # the release grid of the new metrics: orders of magnitude and nats on 0.05, the share within 10x on 0.01
+    assert holdout.step_for("mean_abs_log10_error") == 0.05 and holdout.step_for("trajectory_kl") == 0.05
+    assert holdout.step_for("within_10x_share") == 0.01
+    assert holdout.release_interval(2.3712, 2.1234, 2.6071, holdout.step_for("mean_abs_log10_error")) == (
+        2.35, 2.1, 2.65)
