@@ -104,7 +104,11 @@ def participants_admin_link(suite: SuiteOpt = "wiki", db: DbOpt = None,
 @participants_app.command("list")
 def participants_list(suite: SuiteOpt = "wiki", db: DbOpt = None) -> None:
     """Participants with their progress and practice scores (sealed scores: `logitpred export --score`)."""
+    from ..human.trajectory import TrajectoryGame, is_trajectory_suite
+
     s, d = _db(suite, db)
+    if is_trajectory_suite(s):
+        return _list_trajectory_answers(s, d, TrajectoryGame(s, practice_truth=False))
     table = Table("name", "practice", "practice mean KL (nats)", "practice mean CE (nats)", "sealed",
                   title=f"human form, suite {s.name}")
     for p in d.participant_rows():
@@ -112,6 +116,20 @@ def participants_list(suite: SuiteOpt = "wiki", db: DbOpt = None) -> None:
                       "-" if p["practice_kl"] is None else f"{p['practice_kl']:.3f}",
                       "-" if p["practice_ce"] is None else f"{p['practice_ce']:.3f}",
                       f"{p['sealed']}/{s.manifest['sizes']['sealed']}")
+    out.print(table)
+
+
+def _list_trajectory_answers(s: Any, d: Any, game: Any) -> None:
+    """``participants list`` of a trajectory suite: answers per split and the practice mean absolute log10 error."""
+    from ..human.trajectory_db import participant_rows
+
+    totals = {k: len(v) for k, v in game.questions.items()}
+    table = Table("name", "practice", "practice mean |error| (orders of magnitude)", "sealed",
+                  title=f"human form, trajectory suite {s.name}")
+    for p in participant_rows(d):
+        err = p["practice_error_log10"]
+        table.add_row(p["name"], f"{p['practice']}/{totals['practice']}", "-" if err is None else f"{err:.2f}",
+                      f"{p['sealed']}/{totals['sealed']}")
     out.print(table)
 
 
@@ -124,17 +142,27 @@ def export(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Folder (default results/human/<suite>).")] = None,
     score: Annotated[bool, typer.Option(help="Score each exported file at once (as `logitpred score`).")] = False,
 ) -> None:
-    """Export human answers as standard predictions JSONL (one per participant and a team file) for `logitpred score`."""
+    """Export human answers as standard predictions JSONL (one per participant and a team file) for `logitpred score`.
+
+    For a trajectory suite the files are whole-continuation predictions (``log10prob`` per question)."""
     from tasks.paths import results_dir
 
-    from ..human.export import export as do_export
-    from ..human.game import Game
+    from ..human.trajectory import TrajectoryGame, is_trajectory_suite
     from .score import score as score_cmd
 
     s, d = _db(suite, db)
     folder = out_dir or results_dir() / "human" / s.name
     try:
-        written = do_export(d, Game(s), split, folder, names=participant or None, team=team)
+        if is_trajectory_suite(s):
+            from ..human.trajectory_export import export as export_trajectories
+
+            written = export_trajectories(d, TrajectoryGame(s, practice_truth=False), split, folder,
+                                          names=participant or None, team=team)
+        else:
+            from ..human.export import export as do_export
+            from ..human.game import Game
+
+            written = do_export(d, Game(s), split, folder, names=participant or None, team=team)
     except ValueError as e:
         fail(str(e))
     if not written:

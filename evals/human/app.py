@@ -6,6 +6,10 @@ Endpoints (all JSON under ``/api``; every POST needs the session's ``X-CSRF-Toke
   ``POST /api/answer`` (practice answers return feedback), ``GET /api/submissions[/{id}]`` (own only).
 - ``GET /admin`` (admin session) with per-participant progress, ``GET /admin/export`` (predictions JSONL).
 Sealed answers get no feedback of any kind, and the server never loads sealed truth (see ``game.py``).
+For a trajectory suite the page is ``trajectory.html`` and the questions are whole continuations
+(``trajectory_api.py``: ``/api/trajectory/next``, ``/api/trajectory/answer``, ``/api/trajectory/answers``);
+``/api/next`` and ``/api/answer`` then answer 404 (such a suite asks no next-token question), and the organiser's
+page and export show trajectory answers. HTTP helpers (origins, strict bodies, security headers): ``web.py``.
 
 Abuse handling: bodies over ``max_body`` bytes get 413 before any parsing (FastAPI's ``max_body_size``); malformed
 JSON, numbers or fields get a 422 naming the field; a JSON key, form field or query parameter given twice gets a 422
@@ -27,11 +31,9 @@ absent and the login form token (a ``SameSite=Strict`` double-submit cookie) dec
 
 import hmac
 import secrets
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -39,44 +41,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from predictors.jsonl import json_line
-from tasks.io import DuplicateKeyError, loads_json
 from tasks.suite import SPLITS, Suite
 
 from .db import AlreadyAnswered, DbError, RateLimited, open_db
 from .export import participant_predictions, team_predictions
 from .game import MAX_CANDIDATES, AnswerError, Game
+from .trajectory import TrajectoryGame, is_trajectory_suite
+from .trajectory_api import add_routes as add_trajectory_routes
+from .trajectory_api import progress as trajectory_progress
+from .trajectory_db import participant_rows as trajectory_rows
+from .trajectory_export import jsonl, participant_lines, team_lines
+from .web import EmptyIn, SecurityHeaders, join_form, json_body, no_repeated_query, show_origin, web_origin
 
 HERE = Path(__file__).parent
 COOKIE, JOIN_COOKIE = "logitpred_session", "logitpred_join"
-HEADERS = [(b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'; form-action 'self'; "
-            b"base-uri 'none'"), (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-           (b"x-frame-options", b"DENY")]
-DEFAULT_PORTS = {"http": 80, "https": 443}
-Origin = tuple[str, str, int]  # scheme, host, port
-
-
-def web_origin(url: str) -> Origin | None:
-    """(scheme, host, port) of an http(s) URL or Origin header, normalized: lower case, IDNA host, default port
-    explicit; None when it is not one (``null``, another scheme, no host, a bad port)."""
-    try:
-        parts = urlsplit(url.strip())
-        scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
-        if scheme not in DEFAULT_PORTS or not host:
-            return None
-        host = host.rstrip(".").encode("idna").decode("ascii")
-    except (ValueError, UnicodeError):
-        return None
-    return scheme, host, port or DEFAULT_PORTS[scheme]
-
-
-def show_origin(o: Origin) -> str:
-    scheme, host, port = o
-    host = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{host}" + ("" if port == DEFAULT_PORTS[scheme] else f":{port}")
 
 
 class CandidateIn(BaseModel):
@@ -92,79 +74,6 @@ class AnswerIn(BaseModel):
     mode: Literal["list", "quick"] = "list"
     rest: Literal["uniform", "unigram"] = "unigram"
     candidates: list[CandidateIn] = Field(max_length=MAX_CANDIDATES)
-
-
-class EmptyIn(BaseModel):
-    """A POST without parameters (logout): an empty body or ``{}``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-def json_body(model: type[BaseModel], *, optional: bool = False) -> Any:
-    """A dependency parsing the request body strictly with ``tasks.io.loads_json`` (a repeated key is refused with
-    a 422 naming it, where FastAPI's own parsing keeps the last value) and validating it as ``model``."""
-
-    async def parse(request: Request) -> BaseModel:
-        raw = await request.body()  # FastAPI's max_body_size applies here too (413 past the limit)
-        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        if not (ctype == "application/json" or ctype.endswith("+json")):
-            raise HTTPException(415, f"send the body as application/json, not {ctype!r}")
-        if optional and not raw.strip():
-            raw = b"{}"
-        try:
-            obj = loads_json(raw)
-        except DuplicateKeyError as e:
-            raise HTTPException(422, f"body: {e}") from e
-        except UnicodeDecodeError as e:
-            raise HTTPException(422, f"body: not UTF-8 ({e.reason} at byte {e.start})") from e
-        except ValueError as e:  # json.JSONDecodeError
-            raise HTTPException(422, f"body: malformed JSON ({e})") from e
-        try:
-            return model.model_validate(obj)
-        except ValidationError as e:
-            raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from e
-
-    return Depends(parse)
-
-
-def no_repeated_query(request: Request) -> None:
-    """Refuse a query parameter given twice (``?split=practice&split=sealed``) instead of keeping the last one."""
-    twice = [k for k, n in Counter(k for k, _ in request.query_params.multi_items()).items() if n > 1]
-    if twice:
-        raise HTTPException(422, f"query parameter {twice[0]!r} is given more than once: give it once")
-
-
-JOIN_FIELDS = {"token", "form_token"}
-
-
-async def join_form(request: Request) -> dict[str, str]:
-    """The login form's fields, each exactly once (a repeated field is refused, not "the last one wins")."""
-    form = await request.form(max_files=0, max_fields=len(JOIN_FIELDS) + 1)
-    items = form.multi_items()
-    counts = Counter(k for k, _ in items)
-    bad = ([f"field {k!r} is given more than once" for k, n in counts.items() if n > 1]
-           + [f"unknown field {k!r}" for k in counts if k not in JOIN_FIELDS]
-           + [f"field {k!r} is missing" for k in sorted(JOIN_FIELDS - set(counts))]
-           + [f"field {k!r} is not text or is over 200 characters" for k, v in items
-              if not isinstance(v, str) or len(v) > 200])
-    if bad:
-        raise HTTPException(422, "login form: " + "; ".join(bad))
-    return {k: str(v) for k, v in items}
-
-
-class SecurityHeaders:
-    """ASGI middleware adding the security headers above to every response."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        async def headed(msg: dict) -> None:
-            if msg["type"] == "http.response.start":
-                msg["headers"] = list(msg.get("headers", [])) + HEADERS
-            await send(msg)
-
-        await self.app(scope, receive, headed if scope["type"] == "http" else send)
 
 
 def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: int = 20, max_body: int = 16384,
@@ -183,11 +92,13 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
             raise ValueError(f"public URL {public_url!r}: give the address participants open, as "
                              "https://host or https://host:port")
     game, db = game or Game(suite), open_db(db_url, suite)
+    # a trajectory suite asks whole-continuation questions instead of next-token ones (trajectory.py)
+    traj = TrajectoryGame(suite) if is_trajectory_suite(suite) else None
     # FastAPI's own limit: 413 before parsing, for declared lengths and chunked bodies alike
     app = FastAPI(title="logitpred human form", docs_url=None, redoc_url=None, openapi_url=None,
                   max_body_size=max_body, dependencies=[Depends(no_repeated_query)])
     app.state.public_origin = public_origin
-    app.state.game, app.state.db = game, db
+    app.state.game, app.state.db, app.state.trajectory = game, db, traj
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     pages = Jinja2Templates(directory=HERE / "templates")
@@ -303,7 +214,8 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
                         message="Open the invitation link the organiser gave you to log in.")
         if s["role"] == "admin":
             return RedirectResponse("/admin", 303)
-        return FileResponse(HERE / "static" / "form.html", headers={"cache-control": "no-store"})
+        form = "trajectory.html" if traj else "form.html"
+        return FileResponse(HERE / "static" / form, headers={"cache-control": "no-store"})
 
     def progress(pid: int) -> dict[str, Any]:
         out = {}
@@ -315,11 +227,19 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
 
     @app.get("/api/me")
     def me(s: Participant) -> dict[str, Any]:
+        pid = s["participant_id"]
         return {"name": s["name"], "csrf": s["csrf"], "suite": suite.name, "suite_version": suite.version,
-                "sealed_per_minute": sealed_per_minute, "progress": progress(s["participant_id"])}
+                "sealed_per_minute": sealed_per_minute, "questions": "trajectory" if traj else "next_token",
+                "progress": trajectory_progress(db, traj, pid) if traj else progress(pid)}
+
+    def next_token_only() -> None:
+        if traj:
+            raise HTTPException(404, f"suite {suite.name!r} asks whole-continuation questions, not next-token ones: "
+                                     "use /api/trajectory/next and /api/trajectory/answer (reload the page)")
 
     @app.get("/api/next")
     def next_prompt(s: Participant, split: Literal["practice", "sealed"] = "practice") -> dict[str, Any]:
+        next_token_only()
         found = game.next_prompt(split, db.answered(s["participant_id"], split))
         if found is None:
             return {"done": True, "split": split, "total": len(game.prompts[split])}
@@ -338,6 +258,7 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
 
     @app.post("/api/answer")
     def answer(s: Annotated[dict, Depends(csrf)], body: Annotated[AnswerIn, json_body(AnswerIn)]) -> dict[str, Any]:
+        next_token_only()
         try:
             split, _prompt = game.prompt(body.prompt_id)
         except KeyError as e:
@@ -390,6 +311,9 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
         if s is None or s["role"] != "admin":
             return page(request, "message.html", 401 if s is None else 403, title="Organiser only",
                         message="Log in with an admin link from `logitpred participants admin-link`.")
+        if traj:
+            return page(request, "admin.html", trajectory=True, people=trajectory_rows(db),
+                        totals={k: len(v) for k, v in traj.questions.items()})
         return page(request, "admin.html", people=db.participant_rows(), totals={k: len(v) for k, v in
                                                                                 game.prompts.items()})
 
@@ -398,9 +322,13 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
                      participant: str = "team") -> PlainTextResponse:
         if participant != "team" and participant not in {r["name"] for r in db.participant_rows()}:
             raise HTTPException(404, f"no participant {participant!r}")
-        preds = (team_predictions(db, game, split) if participant == "team"
-                 else participant_predictions(db, game, split, participant))
-        text = "".join(json_line(p, game.vocab) for p in preds)  # exactly as write_jsonl writes: it reads back
+        if traj:  # whole-continuation predictions (trajectory_export.py)
+            text = jsonl(team_lines(db, traj, split) if participant == "team"
+                         else participant_lines(db, traj, split, participant))
+        else:
+            preds = (team_predictions(db, game, split) if participant == "team"
+                     else participant_predictions(db, game, split, participant))
+            text = "".join(json_line(p, game.vocab) for p in preds)  # exactly as write_jsonl writes: it reads back
         name = f"human-{participant}-{split}.jsonl"
         return PlainTextResponse(text, media_type="application/x-ndjson",
                                  headers={"content-disposition": f'attachment; filename="{name}"'})
@@ -413,6 +341,8 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
     def healthz() -> dict[str, Any]:
         return {"ok": True, "suite": suite.name}
 
+    if traj:
+        add_trajectory_routes(app, traj, db, participant=participant, csrf=csrf, sealed_per_minute=sealed_per_minute)
     app.state.close = db.dispose
     return app
 

@@ -11,7 +11,9 @@ acknowledged row), and write transactions start with ``BEGIN IMMEDIATE`` so conc
 Secrets (invitation and session tokens) are stored only as sha256 digests, so a copy of the database cannot log in.
 A ``meta`` table records the schema version and the suite (name and version) the database belongs to; ``open_db``
 refuses a database of another schema version or another suite instead of guessing. Leaves out: schema migrations
-(there is one version; a future change bumps ``SCHEMA_VERSION`` and adds its migration here).
+(there is one version; a future change bumps ``SCHEMA_VERSION`` and adds its migration here). Additions that older
+code ignores and newer code creates on open keep the version: the ``trajectory_answers`` table (trajectory suites)
+is one, added to an existing database by ``open_db``'s ``create_all`` without touching its other tables.
 """
 
 from __future__ import annotations
@@ -80,6 +82,21 @@ submissions = sa.Table(
     sa.Column("created", sa.Float, nullable=False),
     sa.UniqueConstraint("participant_id", "prompt_id", name="one_answer_per_prompt"),
     sa.Index("submissions_by_time", "participant_id", "split", "created"),
+)
+# Trajectory suites (``trajectory.py``): one answer per whole-continuation question. Added in a backward-compatible
+# way: ``create_all`` adds this table to a database written before it, and next-token databases never use it.
+trajectory_answers = sa.Table(
+    "trajectory_answers", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("participant_id", sa.Integer, sa.ForeignKey("participants.id"), nullable=False),
+    sa.Column("prompt_id", sa.String(64), nullable=False),
+    sa.Column("continuation_id", sa.String(255), nullable=False),
+    sa.Column("split", sa.String(16), nullable=False),
+    sa.Column("log10prob", sa.Float, nullable=False),  # the answer: log10 P(continuation | prompt), in [-12, -1]
+    sa.Column("error_log10", sa.Float, nullable=True),  # practice only: answer - truth (the server never scores sealed)
+    sa.Column("created", sa.Float, nullable=False),
+    sa.UniqueConstraint("participant_id", "continuation_id", name="one_answer_per_continuation"),
+    sa.Index("trajectory_answers_by_time", "participant_id", "split", "created"),
 )
 
 
@@ -280,13 +297,7 @@ class Database:
                        "created": now}
                 sid = conn.execute(insert(submissions).values(**row)).inserted_primary_key[0]
                 if split == "sealed":
-                    s = submissions.c
-                    recent = conn.execute(select(s.created).where(s.participant_id == participant_id,
-                                                                  s.split == "sealed", s.created > now - 60)
-                                          .order_by(s.created)).scalars().all()
-                    if len(recent) > sealed_per_minute:
-                        raise RateLimited(f"at most {sealed_per_minute} sealed answers a minute: wait a moment and "
-                                          "send it again", retry_after=max(1, int(recent[0] + 61 - now)))
+                    check_rate(conn, submissions, participant_id, now, sealed_per_minute)
                 return sid, self.running(conn, participant_id, split)
         except IntegrityError as e:
             raise AlreadyAnswered(f"prompt {prompt_id} is already answered: each prompt takes one answer") from e
@@ -302,6 +313,17 @@ class Database:
         for r in rows:
             r["candidates"] = loads_json(r["candidates"])  # strict, like every JSON the harness reads
         return rows
+
+
+def check_rate(conn: Connection, table: sa.Table, participant_id: int, now: float, per_minute: int) -> None:
+    """Raise ``RateLimited`` when ``table`` holds more than ``per_minute`` sealed rows of the participant in the last
+    minute. Call it after the insert, in the same write transaction (``Database.add_submission``)."""
+    s = table.c
+    recent = conn.execute(select(s.created).where(s.participant_id == participant_id, s.split == "sealed",
+                                                  s.created > now - 60).order_by(s.created)).scalars().all()
+    if len(recent) > per_minute:
+        raise RateLimited(f"at most {per_minute} sealed answers a minute: wait a moment and send it again",
+                          retry_after=max(1, int(recent[0] + 61 - now)))
 
 
 def shown(url: str) -> str:
