@@ -6,7 +6,8 @@
 - ``predictors``: ``predictors list | build | indexes``;
 - ``gate``: ``gate``, ``leaderboard``, ``report``;
 - ``helpers``: ``helpers train | list``, ``approve``, ``approvals``, ``revoke``;
-- ``human``: ``serve``, ``participants ...``, ``export``.
+- ``human``: ``serve``, ``participants ...``, ``export``;
+- ``rare``: ``rare build``, ``rare show`` (rare behaviours, ``tasks.rare``).
 
 Exit codes: 0 success, 1 the work failed (e.g. nothing valid to score), 2 bad input or configuration. Heavy libraries
 (torch, transformers) load only inside the commands that need them, so ``--help`` is fast. A new command group is a
@@ -22,7 +23,7 @@ import typer
 app = typer.Typer(help="logitpred: can you predict a language model's next-token distribution without running it?",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
-GROUPS = ("suite", "predict", "score", "predictors", "gate", "helpers", "human")
+GROUPS = ("suite", "predict", "score", "predictors", "gate", "helpers", "human", "rare")
 for _group in GROUPS:
     importlib.import_module(f"{__name__}.{_group}").register(app)
 

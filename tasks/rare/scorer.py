@@ -44,6 +44,42 @@ class Passes:
         return self.forward + self.backward
 
 
+class PrefixRunner:
+    """Forward passes of rows that all follow one fixed ``head`` (BOS + prefix): the head's KV cache is computed once
+    and repeated for every batch, so a row costs only its own positions. Without a head, rows run alone."""
+
+    def __init__(self, model: Any, head: Sequence[int]) -> None:
+        self.model, self.head = model, list(head)
+        self._cache: Any = None
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+    def logits(self, rows: Any, keep: int) -> Any:
+        """Logits ``(b, keep, V)`` at the last ``keep`` positions of ``rows`` ``(b, w)`` (long tensor, no padding)
+        after the head. Raises ``ValueError`` when the model returns no KV cache."""
+        import torch
+
+        from ..continuations import _cache_kw, _out_cache
+
+        rows = rows.to(self.device)
+        with torch.inference_mode():
+            if not self.head:
+                return self.model(input_ids=rows, logits_to_keep=keep).logits
+            if self._cache is None:
+                out = self.model(input_ids=torch.tensor([self.head], device=self.device), use_cache=True,
+                                 logits_to_keep=1)
+                self._cache = _out_cache(out)
+                if _cache_kw(self.model) is None or self._cache is None:
+                    raise ValueError(f"{type(self.model).__name__} returns no KV cache: prefix reuse impossible")
+            rep = copy.deepcopy(self._cache)
+            rep.batch_repeat_interleave(rows.shape[0])
+            mask = torch.ones((rows.shape[0], len(self.head) + rows.shape[1]), dtype=torch.long, device=self.device)
+            return self.model(input_ids=rows, attention_mask=mask, use_cache=True, logits_to_keep=keep,
+                              **{_cache_kw(self.model): rep}).logits
+
+
 class BehaviourScorer:
     """Scores inputs ``prefix + free`` (``free``: ``(n, k)`` token ids) against one behaviour (module doc).
 
@@ -59,8 +95,7 @@ class BehaviourScorer:
         self.members = [list(map(int, m)) for m in members]
         self.batch_size = batch_size
         self.passes = Passes()
-        self._cache: Any = None
-        self._first: Any = None
+        self.runner = PrefixRunner(model, self.bos + self.prefix)
 
     # --- helpers ----------------------------------------------------------------------------------------------------
     @property
@@ -96,51 +131,20 @@ class BehaviourScorer:
         per_member = step.double().sum(dim=1).view(n, -1)  # (n, J)
         return torch.logsumexp(per_member, dim=1)
 
-    def _prefix_cache(self) -> tuple[Any, Any]:
-        """The KV cache after ``bos + prefix`` and the logits there (computed once)."""
-        import torch
-
-        from ..continuations import _cache_kw, _out_cache
-
-        if self._cache is None:
-            ids = torch.tensor([self.bos + self.prefix], device=self.device)
-            with torch.inference_mode():
-                out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-            self._cache, self._first = _out_cache(out), out.logits[:, -1]
-            if _cache_kw(self.model) is None or self._cache is None:
-                raise ValueError(f"{type(self.model).__name__} does not return a KV cache: prefix reuse impossible")
-        return self._cache, self._first
-
-    # --- scoring ----------------------------------------------------------------------------------------------------
     def _forward(self, free: np.ndarray, greedy: bool) -> np.ndarray:
         import torch
-
-        from ..continuations import _cache_kw
 
         free = np.asarray(free, dtype=np.int64)
         n, k = free.shape
         out = []
-        use_cache = bool(self.bos + self.prefix)
+        J = len(self.members)
         for a in range(0, n, self.batch_size):
             x = torch.as_tensor(free[a : a + self.batch_size])
             b = len(x)
             fed, _, _ = self._member_batch(b)
-            J = len(self.members)
-            rows = torch.cat([x.repeat_interleave(J, dim=0), fed], dim=1).to(self.device)  # (b*J, k + w - 1)
-            keep = rows.shape[1] - k + 1  # logits from the last free position on
-            with torch.inference_mode():
-                if use_cache:
-                    cache, _ = self._prefix_cache()
-                    rep = copy.deepcopy(cache)
-                    rep.batch_repeat_interleave(rows.shape[0])
-                    L = len(self.bos) + len(self.prefix)
-                    mask = torch.ones((rows.shape[0], L + rows.shape[1]), dtype=torch.long, device=self.device)
-                    res = self.model(input_ids=rows, attention_mask=mask, use_cache=True, logits_to_keep=keep,
-                                     **{_cache_kw(self.model): rep})
-                else:
-                    res = self.model(input_ids=rows, logits_to_keep=keep)
-            got = self._reduce(res.logits, b, want_greedy=greedy)
-            out.append(got.cpu().numpy())
+            rows = torch.cat([x.repeat_interleave(J, dim=0), fed], dim=1)  # (b*J, k + w - 1)
+            logits = self.runner.logits(rows, keep=rows.shape[1] - k + 1)  # from the last free position on
+            out.append(self._reduce(logits, b, want_greedy=greedy).cpu().numpy())
             self.passes.forward += b
         return np.concatenate(out) if out else np.zeros(0)
 

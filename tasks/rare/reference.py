@@ -1,0 +1,169 @@
+"""The reference set: exact P_D(B) for every declared distribution and behaviour, built once, cached, committed.
+
+``build_reference(spec, target)`` (``logitpred rare build``), per distribution of the spec (``tasks.rare.spec``):
+
+- product distributions: enumerate the support once for the next-token marginals of the whole vocabulary
+  (``tasks.rare.exact.token_marginals``), pick ``reference.tokens`` single-token behaviours whose exact probability
+  spreads log-uniformly over [low, high] (``pick_tokens``), and compute every declared behaviour exactly (tokens from
+  the marginals; texts by ``behaviour_probability``), at temperature 1 and 0;
+- suite distributions: the exact mean over the split's prompts, single tokens from the suite's next-token truth, texts
+  by the chain rule (``tasks.continuations.chain_rule_truth``).
+
+Cache: ``<data_dir>/rare/<spec sha16>-<target id>/``: ``marginals-<distribution>-<sha16>.npz`` (``p1``, ``p0``; reused
+by a later build when its sha256 matches, so an interrupted build resumes) and ``reference.json``, written last and
+atomically: the spec, target, per distribution its key, support size, forward passes and seconds spent, and one row
+per (distribution, behaviour, temperature) with ``p_exact``; ``commitment`` = sha256 over its canonical JSON without
+times. A failed build leaves the previous record as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io import atomic_write_bytes, atomic_write_json, read_json
+from ..paths import data_dir, sha256_file
+from .behaviours import Behaviour, from_texts, from_token
+from .distributions import ProductDistribution, SuiteDistribution, token_list
+from .exact import Marginals, behaviour_probability, check_support, pick_tokens, token_marginals
+from .scorer import BehaviourScorer, Passes
+from .spec import RareSpec, SpecError
+
+FORMAT = "logitpred-rare-reference/1"
+Progress = Callable[[str, int, int], None]
+
+
+def reference_dir(spec: RareSpec, target: Any) -> Path:
+    return data_dir() / "rare" / f"{spec.sha256()[:16]}-{target.identity.id}"
+
+
+def make_distribution(decl: dict[str, Any], target: Any, corpus: str) -> ProductDistribution | SuiteDistribution:
+    """The concrete distribution of a declaration (``tasks.rare.spec``). Raises ``SpecError`` for a suite that is not
+    built for this target, ``DistributionError`` for a token class with too few tokens."""
+    from ..tokens import encode_text, train_tokens
+
+    if decl["kind"] == "suite":
+        from ..suite import load_suite
+        from ..truth import SuiteError
+
+        try:
+            suite = load_suite(decl["suite"])
+        except SuiteError as e:
+            raise SpecError(f"distribution {decl['id']!r}: {e}") from e
+        if suite.target["id"] != target.identity.id:
+            raise SpecError(f"distribution {decl['id']!r}: suite {decl['suite']!r} was built for another target")
+        return SuiteDistribution(decl["id"], decl["suite"], decl["split"],
+                                 tuple(tuple(p.token_ids) for p in suite.prompts(decl["split"])))
+    stream = train_tokens(corpus, target.tokenizer, target.identity.tokenizer_sha256)
+    ids, p = token_list(decl["tokens"], stream.tokens, target.tokenizer, size=decl["size"])
+    prefix = tuple(int(t) for t in encode_text(target.tokenizer, decl["prefix"]))
+    return ProductDistribution(decl["id"], prefix, decl["prefix"], (ids,) * decl["positions"],
+                               (p,) * decl["positions"])
+
+
+def make_behaviour(decl: dict[str, Any], target: Any, dists: list[Any]) -> Behaviour:
+    """The concrete behaviour of a declaration; texts are checked after every product distribution's prefix."""
+    if "token" in decl:
+        return from_token(decl["id"], decl["token"], target.vocab_size)
+    out = None
+    for d in dists:
+        if isinstance(d, ProductDistribution):
+            out = from_texts(decl["id"], decl["texts"], target.tokenizer, context=d.prefix_text)
+    return out or from_texts(decl["id"], decl["texts"], target.tokenizer)
+
+
+def _marginals(folder: Path, d: Any, target: Any, on_progress: Progress | None) -> tuple[Marginals, dict[str, Any]]:
+    """Next-token marginals of one distribution, from the cache when its file matches, else computed and stored."""
+    start = time.time()
+    if isinstance(d, SuiteDistribution):
+        from ..suite import load_suite
+
+        logp = load_suite(d.suite).truth_split(d.split)[1]
+        p = np.exp(np.asarray(logp, dtype=np.float64))
+        m = Marginals(p.mean(axis=0), np.bincount(logp.argmax(axis=1), minlength=p.shape[1]) / len(p), Passes())
+        return m, {"source": "suite truth", "passes": 0, "seconds": round(time.time() - start, 3)}
+    check_support(d)
+    key = d.sha256()[:16]
+    for f in folder.glob(f"marginals-{d.id}-*.npz"):
+        meta = folder / (f.stem + ".json")
+        if meta.is_file():
+            info = read_json(meta)
+            if info.get("key") == key and info.get("sha256") == sha256_file(f):
+                with np.load(f) as z:
+                    return Marginals(z["p1"], z["p0"], Passes(info["passes"])), info
+    m = token_marginals(target.model, d, bos_ids=target.bos_ids,
+                        on_progress=(lambda n: on_progress(d.id, n, d.support_size)) if on_progress else None)
+    buf = io.BytesIO()
+    np.savez(buf, p1=m.p1, p0=m.p0)
+    data = buf.getvalue()
+    sha = hashlib.sha256(data).hexdigest()
+    path = folder / f"marginals-{d.id}-{sha[:16]}.npz"
+    atomic_write_bytes(path, data)
+    info = {"source": "enumeration", "key": key, "support": d.support_size, "passes": m.passes.forward,
+            "seconds": round(time.time() - start, 3), "file": path.name, "sha256": sha}
+    atomic_write_json(folder / (path.stem + ".json"), info)
+    return m, info
+
+
+def _texts_exact(b: Behaviour, d: Any, target: Any) -> dict[int, float]:
+    """{temperature: P_D(B)} of a multi-token behaviour, exactly."""
+    if isinstance(d, ProductDistribution):
+        sc = BehaviourScorer(target.model, bos_ids=target.bos_ids, prefix=d.prefix, members=b.members)
+        return {1: behaviour_probability(sc, d, temperature=1), 0: behaviour_probability(sc, d, temperature=0)}
+    from ..continuations import chain_rule_truth
+
+    items = [(p, m, True) for p in d.prompts for m in b.members]
+    got = chain_rule_truth(target.model, items, bos_ids=target.bos_ids)
+    J = len(b.members)
+    p1 = [sum(np.exp(t.logprob) for t in got[i * J:(i + 1) * J]) for i in range(len(d.prompts))]
+    p0 = [any(np.array_equal(t.full.argmax(axis=1), m) for t, m in zip(got[i * J:(i + 1) * J], b.members,
+                                                                       strict=True)) for i in range(len(d.prompts))]
+    return {1: float(np.mean(p1)), 0: float(np.mean(p0))}
+
+
+def build_reference(spec: RareSpec, target: Any, *, on_progress: Progress | None = None) -> dict[str, Any]:
+    """Build (or resume) the reference set of ``spec`` with ``target`` (module doc); returns the record. Raises
+    ``SpecError``/``DistributionError``/``BehaviourError`` naming what is wrong before any long work."""
+    dists = [make_distribution(d, target, spec.corpus) for d in spec.distributions]
+    for d in dists:
+        if isinstance(d, ProductDistribution):
+            check_support(d)
+    behaviours = [make_behaviour(b, target, dists) for b in spec.behaviours]
+    folder = reference_dir(spec, target)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, info = [], {}
+    ref = spec.reference
+    for d in dists:
+        m, info[d.id] = _marginals(folder, d, target, on_progress)
+        declared = {b.token for b in behaviours if b.token is not None}
+        picked = pick_tokens(m.p1, ref["tokens"], ref["low"], ref["high"], exclude=declared)
+        info[d.id]["reference_tokens"] = picked
+        for tok in picked + sorted(declared):
+            for temp, p in ((1, m.p1), (0, m.p0)):
+                rows.append({"distribution": d.id, "behaviour": f"token:{tok}", "token": tok, "temperature": temp,
+                             "p_exact": float(p[tok]), "declared": tok in declared})
+        for b in behaviours:
+            if b.token is None:
+                for temp, p in _texts_exact(b, d, target).items():
+                    rows.append({"distribution": d.id, "behaviour": b.id, "members": [list(x) for x in b.members],
+                                 "temperature": temp, "p_exact": p, "declared": True})
+    body = {"format": FORMAT, "spec_sha256": spec.sha256(), "spec": spec.canonical(), "target": target.identity.to_dict(),
+            "distributions": {d.id: {**d.key(), **{k: v for k, v in info[d.id].items() if k != "seconds"}}
+                              for d in dists}, "rows": rows}
+    record = {**body, "commitment": hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest(),
+              "seconds": {d.id: info[d.id]["seconds"] for d in dists}}
+    atomic_write_json(folder / "reference.json", record)
+    return record
+
+
+def load_reference(spec: RareSpec, target_id: str) -> dict[str, Any] | None:
+    """The built reference record of ``spec`` for a target id, or None."""
+    path = data_dir() / "rare" / f"{spec.sha256()[:16]}-{target_id}" / "reference.json"
+    return read_json(path) if path.is_file() else None

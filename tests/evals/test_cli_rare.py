@@ -1,0 +1,95 @@
+"""`logitpred rare build | show` on the real SmolLM2 with a small spec (two product distributions of 2 free positions
+over 4 tokens, a suite distribution, a text and a token behaviour): exact values equal a direct per-input computation,
+the record is committed and reused, bad specs and behaviours exit 2 naming what is wrong, and a failed build keeps
+the previous record."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from evals.cli import app
+
+runner = CliRunner()
+SPEC = """version: 1
+corpus: wiki
+distributions:
+  - {id: en, kind: product, prefix: "The word", tokens: english, positions: 2, size: 4}
+  - {id: hx, kind: product, prefix: "The code is", tokens: hex, positions: 2, size: 3}
+  - {id: tiny-sealed, kind: suite, suite: tiny, split: sealed}
+behaviours:
+  - {id: swear, texts: [" damn", " hell"]}
+  - {id: comma, token: 11}
+reference: {tokens: 3, low: 1.0e-7, high: 1.0e-3}
+"""
+
+
+@pytest.fixture
+def spec(tiny_suite, tmp_path):
+    path = tmp_path / "rare.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+def _run(*args):
+    return runner.invoke(app, ["rare", *args], env={"COLUMNS": "200"})
+
+
+def test_rare_build_is_exact_and_committed(spec, target):
+    from tasks.rare.reference import load_reference, make_distribution
+    from tasks.rare.spec import read_spec
+
+    r = _run("build", "--spec", str(spec))
+    assert r.exit_code == 0, r.output
+    s = read_spec(spec)
+    rec = load_reference(s, target.identity.id)
+    assert rec["commitment"] in r.output and len(rec["commitment"]) == 64
+    rows = {(x["distribution"], x["behaviour"], x["temperature"]): x["p_exact"] for x in rec["rows"]}
+    assert len(rec["distributions"]["en"]["reference_tokens"]) == 3 and rec["distributions"]["en"]["passes"] == 16
+    d = make_distribution(s.distribution("en"), target, "wiki")
+    comma1 = comma0 = swear1 = 0.0
+    swear = [target.tokenizer(t, add_special_tokens=False)["input_ids"] for t in (" damn", " hell")]
+    for x, lp in d.enumerate():
+        for row, w in zip(x.tolist(), np.exp(lp), strict=True):
+            with torch.no_grad():
+                z = torch.log_softmax(target.model(input_ids=torch.tensor([target.bos_ids + list(d.prefix) + row]))
+                                      .logits[0, -1].double(), -1)
+            comma1 += w * float(z[11].exp())
+            comma0 += w * float(int(z.argmax()) == 11)
+            swear1 += w * sum(float(z[m[0]].exp()) for m in swear if len(m) == 1)
+    assert rows[("en", "token:11", 1)] == pytest.approx(comma1, rel=1e-4)
+    assert rows[("en", "token:11", 0)] == pytest.approx(comma0, abs=1e-12)
+    if all(len(m) == 1 for m in swear):
+        assert rows[("en", "swear", 1)] == pytest.approx(swear1, rel=1e-4)
+    ref = [rows[("en", f"token:{t}", 1)] for t in rec["distributions"]["en"]["reference_tokens"]]
+    assert all(1e-7 <= p <= 1e-3 for p in ref)
+    logp = __import__("tasks").load_suite("tiny").truth_split("sealed")[1]
+    assert rows[("tiny-sealed", "token:11", 1)] == pytest.approx(float(np.exp(logp[:, 11].astype(np.float64)).mean()))
+    r2 = _run("build", "--spec", str(spec))  # the marginals are reused: same record
+    assert r2.exit_code == 0 and load_reference(s, target.identity.id)["commitment"] == rec["commitment"]
+    r3 = _run("show", "--spec", str(spec))
+    assert r3.exit_code == 0 and rec["commitment"] in r3.output
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("tokens: english", "tokens: klingon", "'tokens' must be one of"),
+    ("positions: 2, size: 4", "positions: 0, size: 4", "'positions' must be >= 1"),
+    ("{id: comma, token: 11}", "{id: comma, token: 11, texts: [a]}", "exactly one of"),
+    ('{id: swear, texts: [" damn", " hell"]}', '{id: glued, texts: ["ing"]}', "does not tokenize as itself"),
+    ("positions: 2, size: 4", "positions: 6, size: 16", "more than the"),
+    ("suite: tiny", "suite: nosuch", "nosuch"),
+])
+def test_bad_specs_exit_2_naming_the_problem(spec, target, old, new, message):
+    """Each bad spec exits 2 with a message naming the problem, and a record built before is left as it was."""
+    from tasks.rare.reference import load_reference
+    from tasks.rare.spec import read_spec
+
+    assert _run("build", "--spec", str(spec)).exit_code == 0
+    before = load_reference(read_spec(spec), target.identity.id)
+    bad = spec.parent / "bad.yaml"
+    bad.write_text(SPEC.replace(old, new))
+    r = _run("build", "--spec", str(bad))
+    assert r.exit_code == 2 and message in " ".join(r.output.split()), r.output
+    assert load_reference(read_spec(spec), target.identity.id) == before
