@@ -87,5 +87,114 @@ def rare_show(spec: SpecOpt = Path("rare.yaml")) -> None:
     _print(rec, f"reference set of {spec}")
 
 
+def _reference(spec: Path) -> Any:
+    """The built reference record of a spec for the default target (exit 2 naming the build command otherwise, or
+    for a sealed suite distribution)."""
+    from tasks.rare.questions import check_public
+    from tasks.rare.reference import load_reference
+    from tasks.rare.spec import SpecError
+    from tasks.target import load_tokenizer
+
+    s = _spec(spec)
+    try:
+        check_public(s)
+    except SpecError as e:
+        fail(str(e))
+    tokenizer, identity = load_tokenizer()
+    rec = load_reference(s, identity.id)
+    if rec is None:
+        fail(f"the reference set of {spec} is not built for this target: run `logitpred rare build --spec {spec}`")
+    return rec, tokenizer
+
+
+@rare_app.command("questions")
+def rare_questions(spec: SpecOpt = Path("rare.yaml")) -> None:
+    """Print, as JSONL, what a predictor may see: each distribution, its P_D(B) questions, and its P(B | x) questions
+    (prompt_id, continuation_id = behaviour, members, token_ids, text). Never a probability of the target."""
+    import json
+    import sys
+
+    from tasks.rare.questions import questions
+
+    rec, tokenizer = _reference(spec)
+    for line in questions(rec, tokenizer):
+        sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+@rare_app.command("predict")
+def rare_predict(
+    predictor: Annotated[str, typer.Option("--predictor", "-p", help="Registered predictor name.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", dir_okay=False, help="Predictions file (JSONL).")],
+    spec: SpecOpt = Path("rare.yaml"),
+    suite: Annotated[str, typer.Option("--suite", "-s", help="A suite built for the target: the predictor's context "
+                                       "(vocabulary, train corpus).")] = "wiki",
+    allow_unapproved: Annotated[bool, typer.Option(help="Exploratory: let an unapproved helper run.")] = False,
+) -> None:
+    """Answer every rare-behaviour question with a predictor (no target access): the chain rule over its next-token
+    predictions, summed over a behaviour's members and over a product distribution's support."""
+    from predictors import PredictorContext
+    from predictors.chain import ChainError
+    from predictors.rare import answer_rare
+    from predictors.trajectory_format import write_jsonl
+    from tasks.io import atomic_write_json
+    from tasks.rare.questions import questions
+
+    from .common import load_suite
+    from .predict import build_predictor
+
+    rec, tokenizer = _reference(spec)
+    s = load_suite(suite)
+    if s.target["id"] != rec["target"]["id"]:
+        fail(f"suite {suite!r} was built for another target than the reference set")
+    ctx = PredictorContext.from_suite(s)
+    p, approval = build_predictor(predictor, ctx, {}, allow_unapproved)
+    lines = list(questions(rec, tokenizer))
+    try:
+        with progress() as bar:
+            task = bar.add_task(f"{predictor} on rare questions", total=sum("continuation_id" in x for x in lines))
+            preds, notes = answer_rare(p, ctx, lines, on_progress=lambda x: bar.advance(task, x))
+    except ChainError as e:
+        fail(f"{predictor}: {e}", code=1)
+    n = write_jsonl(out_file, preds)
+    meta = {"name": predictor, "options": {}, **getattr(p, "identity", lambda: {})(), **approval,
+            "rare": {"reference": rec["commitment"], "notes": notes}}
+    atomic_write_json(Path(str(out_file) + ".meta.json"), meta)
+    out.print(f"wrote {n} predictions to {out_file}")
+
+
+@rare_app.command("score")
+def rare_score(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="Predictions JSONL.")],
+    spec: SpecOpt = Path("rare.yaml"),
+    name: Annotated[str | None, typer.Option(help="Predictor label (default: from FILE.meta.json).")] = None,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+) -> None:
+    """Validate and score rare-behaviour predictions against the exact reference set, in log space."""
+    from rich.table import Table
+
+    from ..rare_scoring import score_rare_file
+    from ..scoring import ScoringError
+    from .score import read_meta
+
+    rec, _ = _reference(spec)
+    meta = dict(read_meta(file) or {"name": file.stem})
+    if name:
+        meta["label"] = name
+    try:
+        result = score_rare_file(rec, file, predictor=meta, seed=seed)
+    except ScoringError as e:
+        fail(str(e), code=1)
+    for msg in result.errors[:20]:
+        out.print(f"rejected {msg}")
+    table = Table("questions", "mean |log10 error| [95% CI]", "within 10x [95% CI]", "calibration slope",
+                  title=f"{meta.get('label', meta['name'])}: {result.summary['n_scored']} of "
+                        f"{result.summary['n_questions']} rare-behaviour questions scored")
+    for group, m in result.summary["metrics"].items():
+        table.add_row(group, *(f"{m[k][0]:.3f} [{m[k][1]:.3f}, {m[k][2]:.3f}]" for k in
+                               ("mean_abs_log10_error", "within_10x_share")), f"{m['calibration_slope'][0]:.3f}")
+    out.print(table)
+    out.print(f"run record: {result.run_dir}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(rare_app, name="rare")

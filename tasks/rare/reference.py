@@ -9,6 +9,10 @@
 - suite distributions: the exact mean over the split's prompts, single tokens from the suite's next-token truth, texts
   by the chain rule (``tasks.continuations.chain_rule_truth``).
 
+Per distribution the record also keeps the inputs asked about one by one (``question_inputs``: ``INPUTS`` seeded
+draws of a product distribution, every prompt of a suite) and, per temperature-1 row, ``p_inputs``: the exact
+P(B | x) of each (the "P(B | x)?" questions of ``tasks.rare.questions``).
+
 Cache: ``<data_dir>/rare/<spec sha16>-<target id>/``: ``marginals-<distribution>-<sha16>.npz`` (``p1``, ``p0``; reused
 by a later build when its sha256 matches, so an interrupted build resumes) and ``reference.json``, written last and
 atomically: the spec, target, per distribution its key, support size, forward passes and seconds spent, and one row
@@ -33,10 +37,12 @@ from ..paths import data_dir, sha256_file
 from .behaviours import Behaviour, from_texts, from_token
 from .distributions import ProductDistribution, SuiteDistribution, token_list
 from .exact import Marginals, behaviour_probability, check_support, pick_tokens, token_marginals
-from .scorer import BehaviourScorer, Passes
+from .scorer import BehaviourScorer, Passes, PrefixRunner
 from .spec import RareSpec, SpecError
 
 FORMAT = "logitpred-rare-reference/1"
+INPUTS = 32  # inputs per product distribution asked about one by one ("P(B | x)?"), drawn with INPUT_SEED
+INPUT_SEED = 0
 Progress = Callable[[str, int, int], None]
 
 
@@ -112,11 +118,35 @@ def _marginals(folder: Path, d: Any, target: Any, on_progress: Progress | None) 
     return m, info
 
 
-def _texts_exact(b: Behaviour, d: Any, target: Any) -> dict[int, float]:
-    """{temperature: P_D(B)} of a multi-token behaviour, exactly."""
+def question_inputs(d: Any) -> list[list[int]]:
+    """The inputs a distribution is asked about one by one: ``INPUTS`` draws of a product distribution (seeded by
+    ``INPUT_SEED``), or every prompt of a suite distribution (target token ids, without BOS and without the product
+    prefix)."""
+    if isinstance(d, ProductDistribution):
+        return d.sample(INPUTS, np.random.default_rng(INPUT_SEED)).tolist()
+    return [list(p) for p in d.prompts]
+
+
+def _token_inputs(d: Any, target: Any, tokens: list[int], inputs: list[list[int]]) -> dict[int, list[float]]:
+    """{token: [P(token | x) for x in inputs]} (temperature 1), exact."""
+    import torch
+
+    if isinstance(d, SuiteDistribution):
+        from ..suite import load_suite
+
+        logp = load_suite(d.suite).truth_split(d.split)[1]
+        return {t: np.exp(np.asarray(logp[:, t], dtype=np.float64)).tolist() for t in tokens}
+    runner = PrefixRunner(target.model, target.bos_ids + list(d.prefix))
+    lp = torch.log_softmax(runner.logits(torch.tensor(inputs), keep=1)[:, -1].float(), dim=-1).double()
+    return {t: lp[:, t].exp().tolist() for t in tokens}
+
+
+def _texts_exact(b: Behaviour, d: Any, target: Any, inputs: list[list[int]]) -> tuple[dict[int, float], list[float]]:
+    """({temperature: P_D(B)}, [P(B | x) for x in inputs]) of a multi-token behaviour, exactly."""
     if isinstance(d, ProductDistribution):
         sc = BehaviourScorer(target.model, bos_ids=target.bos_ids, prefix=d.prefix, members=b.members)
-        return {1: behaviour_probability(sc, d, temperature=1), 0: behaviour_probability(sc, d, temperature=0)}
+        each = np.exp(sc.log_prob(np.array(inputs, dtype=np.int64))).tolist()
+        return {1: behaviour_probability(sc, d, temperature=1), 0: behaviour_probability(sc, d, temperature=0)}, each
     from ..continuations import chain_rule_truth
 
     items = [(p, m, True) for p in d.prompts for m in b.members]
@@ -125,7 +155,7 @@ def _texts_exact(b: Behaviour, d: Any, target: Any) -> dict[int, float]:
     p1 = [sum(np.exp(t.logprob) for t in got[i * J:(i + 1) * J]) for i in range(len(d.prompts))]
     p0 = [any(np.array_equal(t.full.argmax(axis=1), m) for t, m in zip(got[i * J:(i + 1) * J], b.members,
                                                                        strict=True)) for i in range(len(d.prompts))]
-    return {1: float(np.mean(p1)), 0: float(np.mean(p0))}
+    return {1: float(np.mean(p1)), 0: float(np.mean(p0))}, [float(x) for x in p1]
 
 
 def build_reference(spec: RareSpec, target: Any, *, on_progress: Progress | None = None) -> dict[str, Any]:
@@ -144,16 +174,21 @@ def build_reference(spec: RareSpec, target: Any, *, on_progress: Progress | None
         m, info[d.id] = _marginals(folder, d, target, on_progress)
         declared = {b.token for b in behaviours if b.token is not None}
         picked = pick_tokens(m.p1, ref["tokens"], ref["low"], ref["high"], exclude=declared)
-        info[d.id]["reference_tokens"] = picked
+        inputs = question_inputs(d)
+        info[d.id].update(reference_tokens=picked, inputs=inputs)
+        each = _token_inputs(d, target, picked + sorted(declared), inputs)
         for tok in picked + sorted(declared):
             for temp, p in ((1, m.p1), (0, m.p0)):
                 rows.append({"distribution": d.id, "behaviour": f"token:{tok}", "token": tok, "temperature": temp,
-                             "p_exact": float(p[tok]), "declared": tok in declared})
+                             "p_exact": float(p[tok]), "declared": tok in declared,
+                             **({"p_inputs": each[tok]} if temp == 1 else {})})
         for b in behaviours:
             if b.token is None:
-                for temp, p in _texts_exact(b, d, target).items():
+                exact, per_input = _texts_exact(b, d, target, inputs)
+                for temp, p in exact.items():
                     rows.append({"distribution": d.id, "behaviour": b.id, "members": [list(x) for x in b.members],
-                                 "temperature": temp, "p_exact": p, "declared": True})
+                                 "temperature": temp, "p_exact": p, "declared": True,
+                                 **({"p_inputs": per_input} if temp == 1 else {})})
     body = {"format": FORMAT, "spec_sha256": spec.sha256(), "spec": spec.canonical(), "target": target.identity.to_dict(),
             "distributions": {d.id: {**d.key(), **{k: v for k, v in info[d.id].items() if k != "seconds"}}
                               for d in dists}, "rows": rows}

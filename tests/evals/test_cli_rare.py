@@ -18,7 +18,7 @@ corpus: wiki
 distributions:
   - {id: en, kind: product, prefix: "The word", tokens: english, positions: 2, size: 4}
   - {id: hx, kind: product, prefix: "The code is", tokens: hex, positions: 2, size: 3}
-  - {id: tiny-sealed, kind: suite, suite: tiny, split: sealed}
+  - {id: tiny-p, kind: suite, suite: tiny, split: practice}
 behaviours:
   - {id: swear, texts: [" damn", " hell"]}
   - {id: comma, token: 11}
@@ -65,8 +65,8 @@ def test_rare_build_is_exact_and_committed(spec, target):
         assert rows[("en", "swear", 1)] == pytest.approx(swear1, rel=1e-4)
     ref = [rows[("en", f"token:{t}", 1)] for t in rec["distributions"]["en"]["reference_tokens"]]
     assert all(1e-7 <= p <= 1e-3 for p in ref)
-    logp = __import__("tasks").load_suite("tiny").truth_split("sealed")[1]
-    assert rows[("tiny-sealed", "token:11", 1)] == pytest.approx(float(np.exp(logp[:, 11].astype(np.float64)).mean()))
+    logp = __import__("tasks").load_suite("tiny").truth_split("practice")[1]
+    assert rows[("tiny-p", "token:11", 1)] == pytest.approx(float(np.exp(logp[:, 11].astype(np.float64)).mean()))
     r2 = _run("build", "--spec", str(spec))  # the marginals are reused: same record
     assert r2.exit_code == 0 and load_reference(s, target.identity.id)["commitment"] == rec["commitment"]
     r3 = _run("show", "--spec", str(spec))
@@ -93,3 +93,40 @@ def test_bad_specs_exit_2_naming_the_problem(spec, target, old, new, message):
     r = _run("build", "--spec", str(bad))
     assert r.exit_code == 2 and message in " ".join(r.output.split()), r.output
     assert load_reference(read_spec(spec), target.identity.id) == before
+
+
+def test_rare_questions_predict_and_score(spec, target, tmp_path, monkeypatch):
+    """Questions show no probability of the target; a unigram predictor's answers equal its background exactly (its
+    prediction does not depend on the input); a perfect file scores 0; bad lines are rejected by line."""
+    import json
+
+    from predictors import PredictorContext
+    from tasks import load_suite
+    from tasks.rare.questions import truth
+    from tasks.rare.reference import load_reference
+    from tasks.rare.spec import read_spec
+
+    monkeypatch.setenv("LOGITPRED_RESULTS", str(tmp_path / "results"))
+    assert _run("build", "--spec", str(spec)).exit_code == 0
+    rec = load_reference(read_spec(spec), target.identity.id)
+    r = _run("questions", "--spec", str(spec))
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in r.output.splitlines()]
+    assert not any(k in x for x in lines for k in ("p_exact", "p_inputs", "logprob"))
+    qs = [x for x in lines if "continuation_id" in x]
+    assert {(q["prompt_id"], q["continuation_id"]) for q in qs} == set(truth(rec))
+    assert {q["question"] for q in qs} == {"P_D(B)", "P(B|x)"}
+    f = tmp_path / "unigram.jsonl"
+    r = _run("predict", "-p", "unigram", "-o", str(f), "--spec", str(spec), "--suite", "tiny")
+    assert r.exit_code == 0, r.output
+    got = {(x["prompt_id"], x["continuation_id"]): x["logprob"] for x in map(json.loads, f.read_text().splitlines())}
+    b = PredictorContext.from_suite(load_suite("tiny")).background
+    assert got[("en", "token:11")] == pytest.approx(np.log(b[11]), abs=1e-9)
+    assert got[("en/x3", "token:11")] == pytest.approx(np.log(b[11]), abs=1e-9)
+    r = _run("score", str(f), "--spec", str(spec))
+    assert r.exit_code == 0 and "P_D(B)" in r.output, r.output
+    perfect = tmp_path / "perfect.jsonl"
+    perfect.write_text("".join(json.dumps({"prompt_id": k[0], "continuation_id": k[1], "logprob": float(np.log(v))})
+                               + "\n" for k, v in truth(rec).items()) + '{"prompt_id": "en", "continuation_id": "x"}\n')
+    r = _run("score", str(perfect), "--spec", str(spec), "--name", "oracle")
+    assert r.exit_code == 0 and "line" in r.output and "0.000 [0.000, 0.000]" in r.output, r.output
