@@ -70,23 +70,28 @@ def token_marginals(model: Any, dist: ProductDistribution, *, bos_ids: list[int]
     return Marginals(p1, p0, passes)
 
 
-def behaviour_probability(scorer: BehaviourScorer, dist: ProductDistribution, *, temperature: float = 1.0,
-                          on_progress: Callable[[int], None] | None = None) -> float:
-    """Exact ``P_D(B)``: ``sum_x p(x) P(B | x)`` at temperature 1, or the probability mass of inputs whose greedy
-    continuation starts with a member at temperature 0. Passes are counted on ``scorer.passes``. Raises
-    ``DistributionError`` for a support over ``MAX_SUPPORT``, ``ValueError`` for another temperature."""
-    if temperature not in (0, 1):
-        raise ValueError(f"temperature must be 0 (greedy) or 1, got {temperature}")
+def behaviour_probabilities(scorer: BehaviourScorer, dist: ProductDistribution, *,
+                            on_progress: Callable[[int], None] | None = None) -> dict[int, float]:
+    """Exact ``{1: P_D(B) at temperature 1, 0: at temperature 0}``: ``sum_x p(x) P(B | x)``, and the probability mass
+    of inputs whose greedy continuation starts with a member; both from one pass per input (counted on
+    ``scorer.passes``). Raises ``DistributionError`` for a support over ``MAX_SUPPORT``."""
     check_support(dist)
-    total = 0.0
+    t1 = t0 = 0.0
     for x, lp in dist.enumerate(scorer.batch_size * 8):
-        if temperature == 1:
-            total += float(np.exp(lp + scorer.log_prob(x)).sum())
-        else:
-            total += float(np.exp(lp)[scorer.greedy(x)].sum())
+        logp, hit = scorer.evaluate(x)
+        t1 += float(np.exp(lp + logp).sum())
+        t0 += float(np.exp(lp)[hit].sum())
         if on_progress:
             on_progress(len(x))
-    return total
+    return {1: t1, 0: t0}
+
+
+def behaviour_probability(scorer: BehaviourScorer, dist: ProductDistribution, *, temperature: float = 1.0,
+                          on_progress: Callable[[int], None] | None = None) -> float:
+    """``behaviour_probabilities`` at one temperature (0 or 1). Raises ``ValueError`` for another temperature."""
+    if temperature not in (0, 1):
+        raise ValueError(f"temperature must be 0 (greedy) or 1, got {temperature}")
+    return behaviour_probabilities(scorer, dist, on_progress=on_progress)[int(temperature)]
 
 
 def pick_tokens(p: np.ndarray, n: int, lo: float, hi: float, *, exclude: set[int] = frozenset()) -> list[int]:

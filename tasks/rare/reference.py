@@ -36,7 +36,7 @@ from ..io import atomic_write_bytes, atomic_write_json, read_json
 from ..paths import data_dir, sha256_file
 from .behaviours import Behaviour, from_texts, from_token
 from .distributions import ProductDistribution, SuiteDistribution, token_list
-from .exact import Marginals, behaviour_probability, check_support, pick_tokens, token_marginals
+from .exact import Marginals, behaviour_probabilities, check_support, pick_tokens, token_marginals
 from .scorer import BehaviourScorer, Passes, PrefixRunner
 from .spec import RareSpec, SpecError
 
@@ -146,7 +146,7 @@ def _texts_exact(b: Behaviour, d: Any, target: Any, inputs: list[list[int]]) -> 
     if isinstance(d, ProductDistribution):
         sc = BehaviourScorer(target.model, bos_ids=target.bos_ids, prefix=d.prefix, members=b.members)
         each = np.exp(sc.log_prob(np.array(inputs, dtype=np.int64))).tolist()
-        return {1: behaviour_probability(sc, d, temperature=1), 0: behaviour_probability(sc, d, temperature=0)}, each
+        return behaviour_probabilities(sc, d), each
     from ..continuations import chain_rule_truth
 
     items = [(p, m, True) for p in d.prompts for m in b.members]

@@ -131,12 +131,14 @@ class BehaviourScorer:
         per_member = step.double().sum(dim=1).view(n, -1)  # (n, J)
         return torch.logsumexp(per_member, dim=1)
 
-    def _forward(self, free: np.ndarray, greedy: bool) -> np.ndarray:
+    def evaluate(self, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(log P(B | prefix + x) (n,) float64, greedy indicator (n,) bool)`` for every row ``x`` of ``free``
+        ``(n, k)``, both from the same forward pass (one pass per input)."""
         import torch
 
         free = np.asarray(free, dtype=np.int64)
         n, k = free.shape
-        out = []
+        lps, hits = [], []
         J = len(self.members)
         for a in range(0, n, self.batch_size):
             x = torch.as_tensor(free[a : a + self.batch_size])
@@ -144,18 +146,21 @@ class BehaviourScorer:
             fed, _, _ = self._member_batch(b)
             rows = torch.cat([x.repeat_interleave(J, dim=0), fed], dim=1)  # (b*J, k + w - 1)
             logits = self.runner.logits(rows, keep=rows.shape[1] - k + 1)  # from the last free position on
-            out.append(self._reduce(logits, b, want_greedy=greedy).cpu().numpy())
+            lps.append(self._reduce(logits, b).cpu().numpy())
+            hits.append(self._reduce(logits, b, want_greedy=True).cpu().numpy())
             self.passes.forward += b
-        return np.concatenate(out) if out else np.zeros(0)
+        if not lps:
+            return np.zeros(0), np.zeros(0, dtype=bool)
+        return np.concatenate(lps), np.concatenate(hits)
 
     def log_prob(self, free: np.ndarray) -> np.ndarray:
         """``log P(B | prefix + x)`` at temperature 1 for every row ``x`` of ``free`` ``(n, k)``: ``(n,)`` float64
-        natural log (``-inf`` never occurs with a softmax output; very small values are exact in float64 sums)."""
-        return self._forward(free, greedy=False)
+        natural log."""
+        return self.evaluate(free)[0]
 
     def greedy(self, free: np.ndarray) -> np.ndarray:
         """Whether greedy decoding after ``prefix + x`` starts with a member of B, per row: ``(n,)`` bool."""
-        return self._forward(free, greedy=True)
+        return self.evaluate(free)[1]
 
     def log_prob_and_grad(self, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(log P(B | x) (n,), d log P(B | x) / d onehot(x) (n, k, V))`` at temperature 1 (module doc). Costs a

@@ -60,7 +60,7 @@ def test_behaviour_probability_equals_direct_enumeration():
             want0 += w * greedy
     assert behaviour_probability(sc, d, temperature=1) == pytest.approx(want1, rel=1e-4)
     assert behaviour_probability(sc, d, temperature=0) == pytest.approx(want0, abs=1e-12)
-    assert sc.passes.forward == 2 * d.support_size
+    assert sc.passes.forward == 2 * d.support_size  # one pass per input and temperature asked
     with pytest.raises(ValueError, match="temperature"):
         behaviour_probability(sc, d, temperature=0.5)
 
