@@ -196,5 +196,78 @@ def rare_score(
     out.print(f"run record: {result.run_dir}")
 
 
+@rare_app.command("estimate")
+def rare_estimate(
+    distribution: Annotated[str, typer.Option("--distribution", "-d", help="A product distribution of the spec.")],
+    behaviour: Annotated[str, typer.Option("--behaviour", "-b", help="A behaviour of the spec, or token:<id>.")],
+    estimator: Annotated[str, typer.Option("--estimator", "-e", help="naive, itgis, mhis or gumbel_tail.")] = "itgis",
+    budget: Annotated[int, typer.Option(min=1, help="Target passes (forward + backward).")] = 4096,
+    seed: Annotated[int, typer.Option(help="Seed of the estimator's draws.")] = 0,
+    temperature: Annotated[int, typer.Option(min=0, max=1, help="1: P(B | x); 0: greedy decoding.")] = 1,
+    spec: SpecOpt = Path("rare.yaml"),
+) -> None:
+    """Estimate P_D(B) with an estimator that runs the target, within a budget of target passes; prints the estimate,
+    its 95% interval and the passes spent beside the exact value when the reference set has it, and writes a run
+    record under results/. An estimate is not a proof: a zero estimate is reported as zero with its budget."""
+    import pandas as pd
+
+    from tasks import TargetError, load_target
+    from tasks.rare import BehaviourError, BehaviourScorer, DistributionError, ProductDistribution
+    from tasks.rare.estimators import estimate
+    from tasks.rare.reference import load_reference, make_behaviour, make_distribution
+    from tasks.rare.spec import SpecError
+
+    from .. import records
+
+    s = _spec(spec)
+    try:
+        decl = s.distribution(distribution)
+        if decl["kind"] != "product":
+            fail(f"distribution {distribution!r} is a {decl['kind']} distribution: estimators take product "
+                 "distributions (a suite's mean is exact: `logitpred rare build`)")
+        target = load_target()
+        dist = make_distribution(decl, target, s.corpus)
+        assert isinstance(dist, ProductDistribution)
+        if behaviour.startswith("token:"):
+            from tasks.rare import from_token
+
+            tok = behaviour.split(":", 1)[1]
+            if not tok.isdigit():
+                fail(f"behaviour {behaviour!r}: token:<id> needs a numeric token id")
+            beh = from_token(behaviour, int(tok), target.vocab_size)
+        else:
+            decls = {b["id"]: b for b in s.behaviours}
+            if behaviour not in decls:
+                fail(f"unknown behaviour {behaviour!r}: {spec} declares {sorted(decls)} (or give token:<id>)")
+            beh = make_behaviour(decls[behaviour], target, [dist])
+        scorer = BehaviourScorer(target.model, bos_ids=target.bos_ids, prefix=dist.prefix, members=beh.members)
+        from .common import console
+
+        with console.status(f"{estimator} on P_{distribution}({behaviour}), budget {budget} passes"):
+            est = estimate(estimator, scorer, dist, budget=budget, seed=seed, temperature=temperature)
+    except (SpecError, BehaviourError, DistributionError, TargetError, ValueError) as e:
+        fail(str(e))
+    ref = load_reference(s, target.identity.id)
+    exact = next((r["p_exact"] for r in (ref or {}).get("rows", []) if r["distribution"] == distribution
+                  and r["behaviour"] == behaviour and r["temperature"] == temperature), None)
+    low, high = est.ci if est.ci is not None else (math.nan, math.nan)
+    out.print(f"{estimator}: P_{distribution}({behaviour}) at T={temperature} ~ {est.value:.4g} "
+              f"(95% interval [{low:.3g}, {high:.3g}]: {est.uncertainty}); {est.passes.total} of {budget} passes, "
+              f"seed {seed}" + (" — zero: no sample saw the event" if est.zero else ""))
+    if exact is not None:
+        err = f"{math.log10(est.value / exact):+.2f} orders of magnitude" if est.value > 0 and exact > 0 else "n/a"
+        out.print(f"exact (reference set): {exact:.4g}; error {err}")
+    out.print("an estimate is not a proof of a bound: it holds for this distribution and estimator only")
+    from datetime import UTC, datetime
+
+    summary = {"run_id": records.new_run_id("rare", distribution, estimator), "questions": "rare-estimate",
+               "created": datetime.now(UTC).isoformat(),
+               "command": records.command_line(), "spec_sha256": s.sha256(), "target": target.identity.to_dict(),
+               "distribution": dist.key(), "behaviour": beh.key(), "estimate": est.to_dict(), "exact": exact,
+               "environment": records.environment()}
+    run_dir = records.write_run(summary, pd.DataFrame([{"value": est.value, "exact": exact}]))
+    out.print(f"run record: {run_dir}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(rare_app, name="rare")

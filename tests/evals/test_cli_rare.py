@@ -130,3 +130,30 @@ def test_rare_questions_predict_and_score(spec, target, tmp_path, monkeypatch):
                                + "\n" for k, v in truth(rec).items()) + '{"prompt_id": "en", "continuation_id": "x"}\n')
     r = _run("score", str(perfect), "--spec", str(spec), "--name", "oracle")
     assert r.exit_code == 0 and "line" in r.output and "0.000 [0.000, 0.000]" in r.output, r.output
+
+
+def test_rare_estimate_from_the_cli(spec, target, tmp_path, monkeypatch):
+    """`rare estimate` runs an estimator within its budget, prints the exact value beside it and records the run;
+    bad input exits 2 naming it."""
+    from evals.records import read_runs
+    from tasks.rare.reference import load_reference
+    from tasks.rare.spec import read_spec
+
+    monkeypatch.setenv("LOGITPRED_RESULTS", str(tmp_path / "results"))
+    assert _run("build", "--spec", str(spec)).exit_code == 0
+    rec = load_reference(read_spec(spec), target.identity.id)
+    tok = rec["distributions"]["en"]["reference_tokens"][-1]
+    r = _run("estimate", "--spec", str(spec), "-d", "en", "-b", f"token:{tok}", "-e", "naive", "--budget", "32")
+    assert r.exit_code == 0, r.output
+    assert "exact (reference set)" in r.output and "not a proof" in r.output
+    run = [x for x in read_runs() if x.get("questions") == "rare-estimate"][-1]
+    exact = next(x["p_exact"] for x in rec["rows"] if x["distribution"] == "en" and x["behaviour"] == f"token:{tok}"
+                 and x["temperature"] == 1)
+    assert run["exact"] == exact and run["estimate"]["passes"]["total"] <= 32 and run["estimate"]["budget"] == 32
+    for args, message in ((["-d", "en", "-b", "nosuch"], "unknown behaviour"),
+                          (["-d", "nosuch", "-b", "swear"], "unknown distribution"),
+                          (["-d", "tiny-p", "-b", "swear"], "estimators take product"),
+                          (["-d", "en", "-b", "swear", "--budget", "0"], "budget"),
+                          (["-d", "en", "-b", "swear", "-e", "magic"], "unknown estimator")):
+        r = _run("estimate", "--spec", str(spec), *args)
+        assert r.exit_code == 2 and message in " ".join(r.output.split()), (args, r.output)
