@@ -63,6 +63,8 @@ def link_caches(home: Path, parts: tuple[str, ...] = ("tokens", "indexes")) -> l
 
 
 def _link_or_copy(src: str, dst: str) -> None:
+    if os.path.exists(dst):  # a data folder seeded before (reused with --home): keep what is there
+        return
     try:
         os.link(src, dst)
     except OSError:
