@@ -75,7 +75,7 @@ def answer_rare(predictor: Any, ctx: PredictorContext, lines: Sequence[dict[str,
                          None))
             continue
         d = dists[q["prompt_id"]]
-        if d["kind"] == "suite":  # the mean over its per-input questions (answered below)
+        if d["kind"] != "product":  # a suite or helper sample: the mean over its per-input questions (below)
             plan.append(([], None))
             continue
         xs, w, how = _support(d, max_inputs, seed)

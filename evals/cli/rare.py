@@ -30,8 +30,27 @@ def _spec(path: Path):
         fail(str(e))
 
 
+def helper_loader(allow_unapproved: bool) -> Any:
+    """Loads the helper of a ``helper`` distribution by its predictor name, after the one approval check
+    (``predictors.approval.require_approved``); raises ``SpecError`` for a name that is no helper model."""
+    def load(name: str) -> tuple[Any, Any, dict[str, str]]:
+        from predictors.approval import require_approved
+        from predictors.model import MODEL_PREDICTORS, load_helper
+        from tasks.rare.spec import SpecError
+
+        if name not in MODEL_PREDICTORS:
+            raise SpecError(f"helper {name!r} is not a helper model: use one of {', '.join(sorted(MODEL_PREDICTORS))}")
+        require_approved(name, {}, allow_unapproved=allow_unapproved)
+        h = load_helper(MODEL_PREDICTORS[name]({}))
+        return h.model, h.tokenizer, h.identity
+
+    return load
+
+
 @rare_app.command("build")
-def rare_build(spec: SpecOpt = Path("rare.yaml"), device: DeviceOpt = "cpu", dtype: DTypeOpt = "float32") -> None:
+def rare_build(spec: SpecOpt = Path("rare.yaml"), device: DeviceOpt = "cpu", dtype: DTypeOpt = "float32",
+               allow_unapproved: Annotated[bool, typer.Option(help="Let an unapproved helper generate the prompts "
+                                                                   "of a helper distribution.")] = False) -> None:
     """Enumerate every product distribution's support once and compute P_D(B) exactly for the reference tokens and
     the declared behaviours, at temperature 1 and 0; prints the table and the commitment."""
     from tasks import TargetError, load_target
@@ -53,7 +72,7 @@ def rare_build(spec: SpecOpt = Path("rare.yaml"), device: DeviceOpt = "cpu", dty
                     tasks[did] = bar.add_task(f"enumerating {did}", total=total)
                 bar.advance(tasks[did], n)
 
-            rec = build_reference(s, target, on_progress=advance)
+            rec = build_reference(s, target, on_progress=advance, helpers=helper_loader(allow_unapproved))
     except (SpecError, BehaviourError, DistributionError, ValueError) as e:
         fail(str(e))
     _print(rec, f"reference set of {spec}")

@@ -67,9 +67,10 @@ def questions(record: dict[str, Any], tokenizer: Any) -> Iterator[dict[str, Any]
                                   for t, p in zip(ids, probs, strict=True)]
                                  for ids, probs in zip(d["ids"], d["probs"], strict=True)]}
             inputs = [prefix + x for x in d["inputs"]]
-        else:
-            yield {"distribution": did, "kind": "suite", "suite": d["suite"], "split": d["split"],
-                   "prompts": len(d["inputs"])}
+        else:  # a suite's prompts or a helper's samples: the prompts are the per-input questions
+            yield {"distribution": did, "kind": d["kind"], "prompts": len(d["inputs"]),
+                   **{k: d[k] for k in ("suite", "split", "start", "tokens", "seed") if k in d},
+                   **({"helper": d["helper"].get("name")} if "helper" in d else {})}
             inputs = [list(x) for x in d["inputs"]]
         for r in rows:
             yield {"prompt_id": did, "continuation_id": r["behaviour"], "question": "P_D(B)", **behs[r["behaviour"]]}

@@ -50,11 +50,24 @@ def reference_dir(spec: RareSpec, target: Any) -> Path:
     return data_dir() / "rare" / f"{spec.sha256()[:16]}-{target.identity.id}"
 
 
-def make_distribution(decl: dict[str, Any], target: Any, corpus: str) -> ProductDistribution | SuiteDistribution:
-    """The concrete distribution of a declaration (``tasks.rare.spec``). Raises ``SpecError`` for a suite that is not
-    built for this target, ``DistributionError`` for a token class with too few tokens."""
+HelperLoader = Callable[[str], tuple[Any, Any, dict[str, str]]]  # name -> (model, tokenizer, identity), approved
+
+
+def make_distribution(decl: dict[str, Any], target: Any, corpus: str, helpers: HelperLoader | None = None) -> Any:
+    """The concrete distribution of a declaration (``tasks.rare.spec``): a ``ProductDistribution``,
+    ``SuiteDistribution`` or ``GeneratedDistribution``. ``helpers`` loads an approved helper by name (the caller checks
+    approval). Raises ``SpecError`` for a suite not built for this target or a helper distribution without a loader,
+    ``DistributionError`` for a token class with too few tokens."""
     from ..tokens import encode_text, train_tokens
 
+    if decl["kind"] == "helper":
+        from .generated import generate
+
+        if helpers is None:
+            raise SpecError(f"distribution {decl['id']!r} samples prompts from helper {decl['helper']!r}: give the "
+                            "harness a helper loader (the CLI checks the helper's approval and loads it)")
+        model, tokenizer, identity = helpers(decl["helper"])
+        return generate(decl, model, tokenizer, identity, target.tokenizer)
     if decl["kind"] == "suite":
         from ..suite import load_suite
         from ..truth import SuiteError
@@ -88,13 +101,14 @@ def make_behaviour(decl: dict[str, Any], target: Any, dists: list[Any]) -> Behav
 def _marginals(folder: Path, d: Any, target: Any, on_progress: Progress | None) -> tuple[Marginals, dict[str, Any]]:
     """Next-token marginals of one distribution, from the cache when its file matches, else computed and stored."""
     start = time.time()
-    if isinstance(d, SuiteDistribution):
-        from ..suite import load_suite
-
-        logp = load_suite(d.suite).truth_split(d.split)[1]
+    if not isinstance(d, ProductDistribution):  # a list of prompts: the exact mean over them
+        logp, passes = _prompt_logprobs(d, target)
         p = np.exp(np.asarray(logp, dtype=np.float64))
-        m = Marginals(p.mean(axis=0), np.bincount(logp.argmax(axis=1), minlength=p.shape[1]) / len(p), Passes())
-        return m, {"source": "suite truth", "passes": 0, "seconds": round(time.time() - start, 3)}
+        m = Marginals(p.mean(axis=0), np.bincount(logp.argmax(axis=1), minlength=p.shape[1]) / len(p),
+                      Passes(passes))
+        source = "suite truth" if isinstance(d, SuiteDistribution) else "helper samples, one pass each"
+        return m, {"source": source, "support": len(d.prompts), "passes": passes,
+                   "seconds": round(time.time() - start, 3)}
     check_support(d)
     key = d.sha256()[:16]
     for f in folder.glob(f"marginals-{d.id}-*.npz"):
@@ -118,6 +132,21 @@ def _marginals(folder: Path, d: Any, target: Any, on_progress: Progress | None) 
     return m, info
 
 
+def _prompt_logprobs(d: Any, target: Any) -> tuple[np.ndarray, int]:
+    """Next-token log-probabilities ``(n, V)`` after each prompt of a suite (its truth) or generated distribution
+    (one forward pass per prompt, batched), and the passes spent."""
+    if isinstance(d, SuiteDistribution):
+        from ..suite import load_suite
+
+        return load_suite(d.suite).truth_split(d.split)[1], 0
+    from ..forward import logprobs_at
+
+    seqs = [list(target.bos_ids) + list(p) for p in d.prompts]
+    rows = [logprobs_at(target.model, seqs[a:a + 16], [[len(s) - 1] for s in seqs[a:a + 16]])
+            for a in range(0, len(seqs), 16)]
+    return np.concatenate(rows), len(seqs)
+
+
 def question_inputs(d: Any) -> list[list[int]]:
     """The inputs a distribution is asked about one by one: ``INPUTS`` draws of a product distribution (seeded by
     ``INPUT_SEED``), or every prompt of a suite distribution (target token ids, without BOS and without the product
@@ -131,10 +160,8 @@ def _token_inputs(d: Any, target: Any, tokens: list[int], inputs: list[list[int]
     """{token: [P(token | x) for x in inputs]} (temperature 1), exact."""
     import torch
 
-    if isinstance(d, SuiteDistribution):
-        from ..suite import load_suite
-
-        logp = load_suite(d.suite).truth_split(d.split)[1]
+    if not isinstance(d, ProductDistribution):
+        logp = _prompt_logprobs(d, target)[0]
         return {t: np.exp(np.asarray(logp[:, t], dtype=np.float64)).tolist() for t in tokens}
     runner = PrefixRunner(target.model, target.bos_ids + list(d.prefix))
     lp = torch.log_softmax(runner.logits(torch.tensor(inputs), keep=1)[:, -1].float(), dim=-1).double()
@@ -158,10 +185,12 @@ def _texts_exact(b: Behaviour, d: Any, target: Any, inputs: list[list[int]]) -> 
     return {1: float(np.mean(p1)), 0: float(np.mean(p0))}, [float(x) for x in p1]
 
 
-def build_reference(spec: RareSpec, target: Any, *, on_progress: Progress | None = None) -> dict[str, Any]:
-    """Build (or resume) the reference set of ``spec`` with ``target`` (module doc); returns the record. Raises
-    ``SpecError``/``DistributionError``/``BehaviourError`` naming what is wrong before any long work."""
-    dists = [make_distribution(d, target, spec.corpus) for d in spec.distributions]
+def build_reference(spec: RareSpec, target: Any, *, on_progress: Progress | None = None,
+                    helpers: HelperLoader | None = None) -> dict[str, Any]:
+    """Build (or resume) the reference set of ``spec`` with ``target`` (module doc); returns the record. ``helpers``
+    loads the approved helpers of ``helper`` distributions. Raises ``SpecError``/``DistributionError``/
+    ``BehaviourError`` naming what is wrong before any long work."""
+    dists = [make_distribution(d, target, spec.corpus, helpers) for d in spec.distributions]
     for d in dists:
         if isinstance(d, ProductDistribution):
             check_support(d)

@@ -6,7 +6,8 @@
     corpus: wiki                  # token lists are built from this corpus's train part
     distributions:
       - {id: hex, kind: product, prefix: "The checksum is", tokens: hex, positions: 3, size: 16}
-      - {id: wiki-sealed, kind: suite, suite: wiki, split: sealed}
+      - {id: wiki-practice, kind: suite, suite: wiki, split: practice}
+      - {id: tiny-text, kind: helper, helper: tiny-helper, start: "The", tokens: 12, samples: 64, seed: 0}
     behaviours:
       - {id: swear, texts: [" damn", " hell"]}
       - {id: newline, token: 198}
@@ -15,7 +16,9 @@
 A ``product`` distribution is a fixed ``prefix`` text (tokenized by the target tokenizer) followed by ``positions``
 free tokens, each drawn from the ``size`` most frequent train tokens of class ``tokens``
 (``tasks.rare.distributions.TOKEN_CLASSES``), weighted by frequency. A ``suite`` distribution is a built suite's split,
-uniform over prompts. Behaviour texts are checked to tokenize as themselves after every product prefix
+uniform over prompts. A ``helper`` distribution is ``samples`` prompts sampled from an approved helper model
+(``helper``: a registered helper predictor's name) as continuations of ``start`` of ``tokens`` helper tokens, with
+``seed`` (``tasks.rare.generated``), uniform over them. Behaviour texts are checked to tokenize as themselves after every product prefix
 (``tasks.rare.behaviours.from_texts``). The ``reference`` section picks, per product distribution, ``tokens`` single
 tokens whose exact probability spreads log-uniformly over [low, high] (``tasks.rare.reference``).
 
@@ -32,7 +35,7 @@ from typing import Any
 
 from .distributions import TOKEN_CLASSES
 
-KINDS = ("product", "suite")
+KINDS = ("product", "suite", "helper")
 
 
 class SpecError(ValueError):
@@ -112,6 +115,16 @@ def parse_spec(data: Any, path: str = "rare.yaml") -> RareSpec:
             _need(d, "suite", str, where)
             if d.get("split") not in ("practice", "sealed"):
                 raise SpecError(f"{where}: 'split' must be practice or sealed")
+        elif kind == "helper":
+            allowed = {"id", "kind", "helper", "start", "tokens", "samples", "seed"}
+            _need(d, "helper", str, where)
+            if not _need(d, "start", str, where):
+                raise SpecError(f"{where}: 'start' must be a non-empty text")
+            for key in ("tokens", "samples"):
+                if _need(d, key, int, where) < 1:
+                    raise SpecError(f"{where}: '{key}' must be >= 1")
+            d = {"seed": 0, **d}
+            _need(d, "seed", int, where)
         else:
             raise SpecError(f"{where}: 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
         if set(d) - allowed:

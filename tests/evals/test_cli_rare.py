@@ -157,3 +157,36 @@ def test_rare_estimate_from_the_cli(spec, target, tmp_path, monkeypatch):
                           (["-d", "en", "-b", "swear", "-e", "magic"], "unknown estimator")):
         r = _run("estimate", "--spec", str(spec), *args)
         assert r.exit_code == 2 and message in " ".join(r.output.split()), (args, r.output)
+
+
+def test_helper_distribution_needs_approval_and_is_exact(tiny_helper, target, tmp_path):
+    """Prompts sampled from a helper: refused unapproved (exit 2 naming the opt-in), deterministic with the seed, and
+    the reference value is the exact mean over the sampled prompts of the target's next-token probability."""
+    from tasks.rare.reference import load_reference
+    from tasks.rare.spec import read_spec
+
+    path = tmp_path / "gen.yaml"
+    path.write_text("""version: 1
+corpus: wiki
+distributions:
+  - {id: gen, kind: helper, helper: tiny-helper, start: "The", tokens: 5, samples: 6, seed: 3}
+behaviours:
+  - {id: comma, token: 11}
+reference: {tokens: 2, low: 1.0e-7, high: 1.0e-2}
+""")
+    r = _run("build", "--spec", str(path))
+    assert r.exit_code == 2 and "--allow-unapproved" in " ".join(r.output.split()), r.output
+    r = _run("build", "--spec", str(path), "--allow-unapproved")
+    assert r.exit_code == 0, r.output
+    rec = load_reference(read_spec(path), target.identity.id)
+    prompts = rec["distributions"]["gen"]["inputs"]
+    assert len(prompts) == 6 and rec["distributions"]["gen"]["passes"] == 6
+    assert all(target.tokenizer.decode(p).startswith("The") for p in prompts)
+    with torch.no_grad():
+        want = np.mean([torch.softmax(target.model(input_ids=torch.tensor([target.bos_ids + p])).logits[0, -1]
+                                      .double(), -1)[11].item() for p in prompts])
+    got = next(x["p_exact"] for x in rec["rows"] if x["behaviour"] == "token:11" and x["temperature"] == 1)
+    assert got == pytest.approx(want, rel=1e-4)
+    first = rec["commitment"]
+    assert _run("build", "--spec", str(path), "--allow-unapproved").exit_code == 0
+    assert load_reference(read_spec(path), target.identity.id)["commitment"] == first  # same seed, same prompts
