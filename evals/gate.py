@@ -19,7 +19,11 @@ Trajectory suites (``evals.gate_trajectory``): a suite entry may name one; it is
 among the thresholds (mean absolute log10 error of whole continuations, trajectory KL along target samples, ...) and
 the team rule applies to it too (best-on-practice by practice mean absolute log10 error; the mixture per step).
 
-Left out: gating several targets at once, and tail-risk suites (a later issue).
+Tail risk (``evals.gate_rare``): a ``rare:`` section bounds P_D(B) by the declared estimators (upper 95% bound <=
+``max_upper`` per criterion) and the team's rare-behaviour predictions (mean absolute log10 error on the P_D(B)
+questions of the spec's reference set, upper CI bound <= ``max_abs_log10_error``).
+
+Left out: gating several targets at once.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ class GateConfig:
     seed: int
     source: str  # the config file's text, hashed into the report
     defaults: tuple[Threshold, ...] = ()  # the top-level ``thresholds:``
+    rare: Any = None  # ``evals.gate_rare.RareConfig`` of a ``rare:`` section, or None
 
     @property
     def team_label(self) -> str:
@@ -159,7 +164,7 @@ def load_config(path: Path) -> GateConfig:
         raise GateConfigError(str(e)) from e
     except yaml.YAMLError as e:
         raise GateConfigError(f"{path} is not valid YAML: {e}") from e
-    _keys(raw, str(path), {"name", "team", "suites", "thresholds", "holdout", "report", "seed"},
+    _keys(raw, str(path), {"name", "team", "suites", "thresholds", "holdout", "report", "seed", "rare"},
           {"name", "team", "suites", "thresholds"})
     name = raw["name"]
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
@@ -220,8 +225,13 @@ def load_config(path: Path) -> GateConfig:
     for key, v in (("report.worst_prompts", worst), ("seed", seed)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise GateConfigError(f"{key}: {v!r} must be a whole number >= 0")
+    rare = None
+    if "rare" in raw:
+        from .gate_rare import parse
+
+        rare = parse(raw["rare"], path.resolve().parent)
     return GateConfig(name, tuple(members), rule, tuple(float(w) for w in weights), tuple(suites), limit,
-                      dict(steps), worst, seed, text, default_thresholds)
+                      dict(steps), worst, seed, text, default_thresholds, rare)
 
 
 def check_environment(cfg: GateConfig) -> dict[str, Any]:
@@ -373,8 +383,15 @@ def evaluate_suite(cfg: GateConfig, spec: SuiteSpec, suite: Any) -> dict[str, An
 
 
 def run_gate(cfg: GateConfig, *, root: Path | None = None) -> dict[str, Any]:
-    """Check, refuse or run; returns the report dict (``verdict`` PASS / FAIL / REFUSED) and writes it."""
+    """Check, refuse or run; returns the report dict (``verdict`` PASS / FAIL / REFUSED) and writes it.
+
+    With a ``rare:`` section (``evals.gate_rare``) its criteria run after the holdout check and before any suite is
+    scored (they write nothing, so a criterion an estimator refuses is a config error before anything is written);
+    the team's rare-behaviour predictions are scored after the suites."""
+    from . import gate_rare
+
     suites = check_environment(cfg)
+    rare = gate_rare.prepare(cfg, suites) if cfg.rare is not None else None
     from .gate_trajectory import is_trajectory
 
     trajectory = any(is_trajectory(s) for s in suites.values())
@@ -382,7 +399,7 @@ def run_gate(cfg: GateConfig, *, root: Path | None = None) -> dict[str, Any]:
         "format": "logitpred-gate/1", "gate": cfg.name, "created": datetime.now(UTC).isoformat(),
         "command": records.command_line(), "config_sha256": hashlib.sha256(cfg.source.encode()).hexdigest(),
         "config": load_yaml(cfg.source), "environment": records.environment(),
-        "disclaimer": DISCLAIMER_TRAJECTORY if trajectory else DISCLAIMER,
+        "disclaimer": gate_rare.disclaimer(cfg.rare) if rare is not None else DISCLAIMER_TRAJECTORY if trajectory else DISCLAIMER,
         "max_submissions": cfg.max_submissions, "suites": [],
     }
     try:
@@ -390,9 +407,13 @@ def run_gate(cfg: GateConfig, *, root: Path | None = None) -> dict[str, Any]:
     except holdout.HoldoutError as e:
         report.update(verdict="REFUSED", reason=str(e))
         return write_report(report, root=root)
+    criteria = gate_rare.run_criteria(rare) if rare is not None else []
     for spec in cfg.suites:
         report["suites"].append(evaluate_suite(cfg, spec, suites[spec.name]))
-    report["verdict"] = "PASS" if all(s["passed"] for s in report["suites"]) else "FAIL"
+    if rare is not None:
+        report["rare"] = gate_rare.section(cfg, rare, criteria)
+    passed = all(s["passed"] for s in report["suites"]) and (rare is None or report["rare"]["passed"])
+    report["verdict"] = "PASS" if passed else "FAIL"
     return write_report(report, root=root)
 
 

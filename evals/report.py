@@ -217,6 +217,10 @@ def gate_markdown(report: dict[str, Any]) -> str:
         for w in s["worst"]:
             end = w["text_end"].replace("|", "\\|").replace("\n", " ")
             lines.append(f"| {w['prompt_id']} | {w['context_tokens']} | {_num(w['kl_nats'])} | …{end} |")
+    if report.get("rare"):
+        from .gate_rare import markdown
+
+        lines += markdown(report["rare"])
     lines += ["", f"**Verdict: {report['verdict']}.** {report['disclaimer']}", ""]
     return "\n".join(lines)
 

@@ -1,7 +1,9 @@
 """CLI commands of the evaluation layer: ``logitpred gate``, ``logitpred leaderboard``, ``logitpred report``.
 
 Exit codes follow ``evals/cli/common.py``: ``gate`` exits 0 on PASS, 1 on FAIL or when the holdout limit refuses it, and 2 on
-a config error (with a message naming the key), so a release pipeline can call it directly.
+a config error (with a message naming the key), so a release pipeline can call it directly. A ``rare:`` section
+(``evals.gate_rare``) adds bounds on P_D(B) from estimators that run the target, and a tolerance on the team's
+rare-behaviour predictions.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ def gate(
     config: Annotated[Path, typer.Option("--config", "-c", help="Gate config (YAML); see gate.yaml and docs/gate.md.")]
     = Path("gate.yaml"),
 ) -> None:
-    """Run the pre-deployment gate: suites x approved team, thresholds on CI bounds; exit 0 pass, 1 fail, 2 config."""
+    """Run the pre-deployment gate: suites x approved team, thresholds on CI bounds, optional rare-behaviour bounds;
+    exit 0 pass, 1 fail, 2 config."""
     from predictors.chain import ChainError
     from tasks.io import read_text
 
@@ -28,7 +31,10 @@ def gate(
 
     try:
         cfg = load_config(config)
-        with console.status(f"gate {cfg.name}: {len(cfg.suites)} suite(s), team of {len(cfg.members)}"):
+        rare = (f", {len(cfg.rare.criteria)} rare-behaviour criteria" + (" and a rare-prediction tolerance"
+                                                                          if cfg.rare.predictors else "")
+                if cfg.rare is not None else "")
+        with console.status(f"gate {cfg.name}: {len(cfg.suites)} suite(s){rare}, team of {len(cfg.members)}"):
             report = run_gate(cfg)
     except GateConfigError as e:
         fail(f"gate config: {e}", code=2)
