@@ -92,7 +92,8 @@ def _helper_inputs(predictor: ModelPredictor, helper: Any, questions: Sequence[T
         for i, pair in enumerate(pairs):
             if pair is None:
                 continue
-            room = limit - len(helper.bos_ids) - (len(pair[1]) - 1)
+            # the model sees bos + prompt + y[:-1], but chain_rule_truth checks bos + prompt + y against its context
+            room = limit - len(helper.bos_ids) - len(pair[1])
             if room < 1:
                 over.append(i)
                 pairs[i] = None

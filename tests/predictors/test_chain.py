@@ -162,6 +162,28 @@ def test_helper_one_pass_equals_generic(traj):
     assert got[0].steps is None and got[0].logprob < 0  # the helper's own tokens: no target steps
 
 
+def test_helper_one_pass_cuts_long_prompts_to_its_context(traj):
+    """A prompt longer than the helper's context is cut so that prompt + continuation fits (the bug: one position
+    too many, a TargetError on prompts of context - m + 1 tokens); the answer equals the helper's own chain rule on
+    the cut prompt."""
+    from predictors.model import ModelPredictor
+    from tasks.forward import model_context
+
+    ctx, tok = traj["ctx"], traj["tok"]
+    p = ModelPredictor(ctx, "tiny-helper", traj["helper"], cache=False)
+    limit = model_context(p._ensure_loaded().model.config)
+    ids = tuple(tok(" the river" * limit, add_special_tokens=False)["input_ids"])[: limit + 5]
+    cont = tuple(tok(" and the sea", add_special_tokens=False)["input_ids"])
+    q = TrajectoryQuestion(PromptView("long", tok.decode(list(ids)), ids), "long:g:x", "given", " and the sea", cont)
+    one = answer_questions(p, ctx, [q])
+    assert one.generic == 0 and one.method.startswith("helper model")
+    room = limit - len(p._ensure_loaded().bos_ids) - len(cont)
+    cut = TrajectoryQuestion(PromptView("cut", tok.decode(list(ids[-room:])), ids[-room:]), "cut:g:x", "given",
+                             " and the sea", cont)
+    generic = chain_rule_answers(p, ctx, [cut], tokenizer=tok)
+    assert abs(one.predictions[0].logprob - generic[0].logprob) < 1e-4
+
+
 def test_hook_fallback_and_bad_answers(traj):
     ctx, qs = traj["ctx"], traj["questions"][:3]
 
