@@ -16,14 +16,27 @@ from rich.table import Table
 from .common import SplitOpt, SuiteOpt, console, fail, load_suite, out
 
 DbOpt = Annotated[str | None, typer.Option("--db", help="SQLAlchemy database URL (default: a SQLite file per suite).")]
+RareOpt = Annotated[Path | None, typer.Option(
+    "--rare-spec", help="Rare-behaviour mode: the questions of this spec's built reference set (`logitpred rare "
+                        "build --spec FILE`); --suite is then ignored.")]
 UrlOpt = Annotated[str, typer.Option("--url", help="Address participants open (where `logitpred serve` listens).")]
 participants_app = typer.Typer(help="Invite and list the participants of the human form.", no_args_is_help=True)
 
 
-def _db(suite: str, db: str | None) -> tuple[Any, Any]:
+def _rare(spec: Path) -> Any:
+    """The ``RareGame`` of a spec's built reference set (exit 2 naming what is missing)."""
+    from ..human.rare import load_rare
+
+    try:
+        return load_rare(spec)
+    except (ValueError, OSError) as e:
+        fail(str(e))
+
+
+def _db(suite: str, db: str | None, rare_spec: Path | None = None) -> tuple[Any, Any]:
     from ..human.db import DbError, open_db
 
-    s = load_suite(suite)
+    s = _rare(rare_spec).form if rare_spec else load_suite(suite)
     try:
         return s, open_db(db, s)
     except DbError as e:
@@ -41,8 +54,10 @@ def serve(
     url: Annotated[str | None, typer.Option(help="Public address (e.g. https://predict.example.org): printed links, and "
                                                  "the origin every answer must come from. Required behind a proxy.")]
     = None,
+    rare_spec: RareOpt = None,
 ) -> None:
-    """Serve the human prediction form for a suite (practice with feedback, sealed without)."""
+    """Serve the human prediction form for a suite (practice with feedback, sealed without), or, with --rare-spec,
+    for the rare-behaviour questions of a built reference set (all with feedback: there is no sealed rare split)."""
     import uvicorn
 
     from tasks import SuiteError
@@ -50,10 +65,12 @@ def serve(
     from ..human.app import create_app
     from ..human.db import DbError
 
-    s = load_suite(suite)
+    rare = _rare(rare_spec) if rare_spec else None
+    s = rare.form if rare else load_suite(suite)
     try:
-        app = create_app(s, db_url=db, sealed_per_minute=sealed_per_minute, max_body=max_body,
-                         secure_cookies=secure_cookies, public_url=url)  # None: the request's own scheme and Host
+        app = create_app(None if rare else s, db_url=db, sealed_per_minute=sealed_per_minute, max_body=max_body,
+                         secure_cookies=secure_cookies, public_url=url,  # None: the request's own scheme and Host
+                         rare=rare)
     except (DbError, SuiteError, ValueError) as e:
         fail(str(e))
     if secure_cookies and not url:
@@ -62,17 +79,20 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and not secure_cookies:
         console.print("[yellow]warning:[/] listening beyond loopback without --secure-cookies: put it behind HTTPS")
     base = url or f"http://{host}:{port}"
-    out.print(f"human form for suite [bold]{s.name}[/] {s.version} at {base}  (database {app.state.db.shown_url})")
+    what = f"rare-behaviour questions of {rare_spec} ({len(rare.questions)})" if rare else f"suite [bold]{s.name}[/]"
+    out.print(f"human form for {what} {s.version} at {base}  (database {app.state.db.shown_url})")
     out.print(f"organiser page (one-time link): {base}/join/{app.state.db.admin_link()}")
-    out.print(f"invite participants with: logitpred participants add NAME --suite {s.name} --url {base}", soft_wrap=True)
+    which = f"--rare-spec {rare_spec}" if rare else f"--suite {s.name}"
+    out.print(f"invite participants with: logitpred participants add NAME {which} --url {base}", soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
-def _print_link(suite: str, db: str | None, url: str, make: Callable[[Any], str]) -> None:
+def _print_link(suite: str, db: str | None, url: str, make: Callable[[Any], str],
+                rare_spec: Path | None = None) -> None:
     """Print ``URL/join/TOKEN`` for a token made by ``make(database)``; a refused request is a clear error."""
     from ..human.db import DbError
 
-    _, d = _db(suite, db)
+    _, d = _db(suite, db, rare_spec)
     try:
         token = make(d)
     except DbError as e:
@@ -82,30 +102,33 @@ def _print_link(suite: str, db: str | None, url: str, make: Callable[[Any], str]
 
 @participants_app.command("add")
 def participants_add(name: Annotated[str, typer.Argument(help="Participant name (letters, digits, _ . -).")],
-                     suite: SuiteOpt = "wiki", db: DbOpt = None, url: UrlOpt = "http://127.0.0.1:8000") -> None:
+                     suite: SuiteOpt = "wiki", db: DbOpt = None, url: UrlOpt = "http://127.0.0.1:8000",
+                     rare_spec: RareOpt = None) -> None:
     """Add a participant and print their one-time invitation link."""
-    _print_link(suite, db, url, lambda d: d.add_participant(name))
+    _print_link(suite, db, url, lambda d: d.add_participant(name), rare_spec)
 
 
 @participants_app.command("link")
 def participants_link(name: Annotated[str, typer.Argument(help="An existing participant.")], suite: SuiteOpt = "wiki",
-                      db: DbOpt = None, url: UrlOpt = "http://127.0.0.1:8000") -> None:
+                      db: DbOpt = None, url: UrlOpt = "http://127.0.0.1:8000", rare_spec: RareOpt = None) -> None:
     """Print a new one-time link for a participant (their unused older links stop working)."""
-    _print_link(suite, db, url, lambda d: d.new_link(name))
+    _print_link(suite, db, url, lambda d: d.new_link(name), rare_spec)
 
 
 @participants_app.command("admin-link")
 def participants_admin_link(suite: SuiteOpt = "wiki", db: DbOpt = None,
-                            url: UrlOpt = "http://127.0.0.1:8000") -> None:
+                            url: UrlOpt = "http://127.0.0.1:8000", rare_spec: RareOpt = None) -> None:
     """Print a one-time link to the organiser page (progress of everyone, exports)."""
-    _print_link(suite, db, url, lambda d: d.admin_link())
+    _print_link(suite, db, url, lambda d: d.admin_link(), rare_spec)
 
 
 @participants_app.command("list")
-def participants_list(suite: SuiteOpt = "wiki", db: DbOpt = None) -> None:
+def participants_list(suite: SuiteOpt = "wiki", db: DbOpt = None, rare_spec: RareOpt = None) -> None:
     """Participants with their progress and practice scores (sealed scores: `logitpred export --score`)."""
     from ..human.trajectory import TrajectoryGame, is_trajectory_suite
 
+    if rare_spec:
+        return _list_rare_answers(rare_spec, db)
     s, d = _db(suite, db)
     if is_trajectory_suite(s):
         return _list_trajectory_answers(s, d, TrajectoryGame(s, practice_truth=False))
@@ -133,6 +156,43 @@ def _list_trajectory_answers(s: Any, d: Any, game: Any) -> None:
     out.print(table)
 
 
+def _list_rare_answers(rare_spec: Path, db: str | None) -> None:
+    from ..human.trajectory_db import participant_rows
+
+    game = _rare(rare_spec)
+    _, d = _db("", db, rare_spec)
+    table = Table("name", "answered", "mean |error| (orders of magnitude)",
+                  title=f"human form, rare-behaviour questions of {rare_spec}")
+    for p in participant_rows(d):
+        err = p["practice_error_log10"]
+        table.add_row(p["name"], f"{p['practice']}/{len(game.questions)}", "-" if err is None else f"{err:.2f}")
+    out.print(table)
+
+
+def _export_rare(rare_spec: Path, db: str | None, participant: list[str] | None, team: bool, out_dir: Path | None,
+                 score: bool) -> None:
+    """``export --rare-spec``: whole-continuation files of the rare answers, scored by ``rare score`` with --score."""
+    from tasks.paths import results_dir
+
+    from ..human.rare import export as export_rare
+    from .rare import rare_score
+
+    game = _rare(rare_spec)
+    _, d = _db("", db, rare_spec)
+    folder = out_dir or results_dir() / "human" / game.form.name
+    try:
+        written = export_rare(d, game, folder, names=participant or None, team=team)
+    except ValueError as e:
+        fail(str(e))
+    if not written:
+        fail("no rare-behaviour answers to export yet", code=1)
+    for path in written:
+        out.print(f"wrote {path}")
+    if score:
+        for path in written:
+            rare_score(path, spec=rare_spec, name=None, seed=0)
+
+
 def export(
     suite: SuiteOpt = "wiki",
     split: SplitOpt = "sealed",
@@ -141,11 +201,16 @@ def export(
     team: Annotated[bool, typer.Option(help="Also write the pooled 'human-team' predictor.")] = True,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Folder (default results/human/<suite>).")] = None,
     score: Annotated[bool, typer.Option(help="Score each exported file at once (as `logitpred score`).")] = False,
+    rare_spec: RareOpt = None,
 ) -> None:
     """Export human answers as standard predictions JSONL (one per participant and a team file) for `logitpred score`.
 
-    For a trajectory suite the files are whole-continuation predictions (``log10prob`` per question)."""
+    For a trajectory suite the files are whole-continuation predictions (``log10prob`` per question); with
+    --rare-spec, the rare-behaviour answers as ``human-NAME-rare.jsonl`` for `logitpred rare score` (--split unused)."""
     from tasks.paths import results_dir
+
+    if rare_spec:
+        return _export_rare(rare_spec, db, participant, team, out_dir, score)
 
     from ..human.trajectory import TrajectoryGame, is_trajectory_suite
     from .score import score as score_cmd

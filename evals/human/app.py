@@ -9,7 +9,9 @@ Sealed answers get no feedback of any kind, and the server never loads sealed tr
 For a trajectory suite the page is ``trajectory.html`` and the questions are whole continuations
 (``trajectory_api.py``: ``/api/trajectory/next``, ``/api/trajectory/answer``, ``/api/trajectory/answers``);
 ``/api/next`` and ``/api/answer`` then answer 404 (such a suite asks no next-token question), and the organiser's
-page and export show trajectory answers. HTTP helpers (origins, strict bodies, security headers): ``web.py``.
+page and export show trajectory answers. Given a ``RareGame`` (``rare=``, ``logitpred serve --rare-spec``) the
+app serves rare-behaviour questions instead (``rare.py``, ``rare_api.py``: ``/api/rare/next``, ``/api/rare/answer``,
+``/api/rare/answers``; page ``rare.html``; no suite, no next-token or trajectory routes). HTTP helpers (origins, strict bodies, security headers): ``web.py``.
 
 Abuse handling: bodies over ``max_body`` bytes get 413 before any parsing (FastAPI's ``max_body_size``); malformed
 JSON, numbers or fields get a 422 naming the field; a JSON key, form field or query parameter given twice gets a 422
@@ -50,6 +52,11 @@ from tasks.suite import SPLITS, Suite
 from .db import AlreadyAnswered, DbError, RateLimited, open_db
 from .export import participant_predictions, team_predictions
 from .game import MAX_CANDIDATES, AnswerError, Game
+from .rare import RareGame
+from .rare import participant_lines as rare_participant_lines
+from .rare import team_lines as rare_team_lines
+from .rare_api import add_routes as add_rare_routes
+from .rare_api import progress as rare_progress
 from .trajectory import TrajectoryGame, is_trajectory_suite
 from .trajectory_api import add_routes as add_trajectory_routes
 from .trajectory_api import progress as trajectory_progress
@@ -77,12 +84,15 @@ class AnswerIn(BaseModel):
 
 
 def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: int = 20, max_body: int = 16384,
-               secure_cookies: bool = False, public_url: str | None = None, game: Game | None = None) -> FastAPI:
+               secure_cookies: bool = False, public_url: str | None = None, game: Game | None = None,
+               rare: RareGame | None = None) -> FastAPI:
     """Build the app for one suite; opens (and schema-checks) the database now, so a bad one fails at start-up.
 
     ``public_url`` is the address participants open (``serve --url``, e.g. ``https://predict.example.org`` behind a
     reverse proxy): POSTs must come from that origin. Without it, from the request's own scheme and ``Host``.
     ``game`` reuses an already built ``Game`` of the same suite (tests and benchmarks start several apps).
+    ``rare`` serves rare-behaviour questions (``rare.py``); ``suite`` is then ignored (give None) and the database is
+    the reference set's own (``rare.form``).
     Raises ValueError for a ``public_url`` that is not an http(s) address.
     """
     public_origin = None
@@ -91,14 +101,18 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
         if public_origin is None:
             raise ValueError(f"public URL {public_url!r}: give the address participants open, as "
                              "https://host or https://host:port")
-    game, db = game or Game(suite), open_db(db_url, suite)
-    # a trajectory suite asks whole-continuation questions instead of next-token ones (trajectory.py)
-    traj = TrajectoryGame(suite) if is_trajectory_suite(suite) else None
+    if rare is not None:  # rare-behaviour questions only: no suite, no next-token game
+        suite, game, traj = rare.form, None, None
+        db = open_db(db_url, suite)
+    else:
+        game, db = game or Game(suite), open_db(db_url, suite)
+        # a trajectory suite asks whole-continuation questions instead of next-token ones (trajectory.py)
+        traj = TrajectoryGame(suite) if is_trajectory_suite(suite) else None
     # FastAPI's own limit: 413 before parsing, for declared lengths and chunked bodies alike
     app = FastAPI(title="logitpred human form", docs_url=None, redoc_url=None, openapi_url=None,
                   max_body_size=max_body, dependencies=[Depends(no_repeated_query)])
     app.state.public_origin = public_origin
-    app.state.game, app.state.db, app.state.trajectory = game, db, traj
+    app.state.game, app.state.db, app.state.trajectory, app.state.rare = game, db, traj, rare
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     pages = Jinja2Templates(directory=HERE / "templates")
@@ -214,7 +228,7 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
                         message="Open the invitation link the organiser gave you to log in.")
         if s["role"] == "admin":
             return RedirectResponse("/admin", 303)
-        form = "trajectory.html" if traj else "form.html"
+        form = "rare.html" if rare else "trajectory.html" if traj else "form.html"
         return FileResponse(HERE / "static" / form, headers={"cache-control": "no-store"})
 
     def progress(pid: int) -> dict[str, Any]:
@@ -229,10 +243,15 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
     def me(s: Participant) -> dict[str, Any]:
         pid = s["participant_id"]
         return {"name": s["name"], "csrf": s["csrf"], "suite": suite.name, "suite_version": suite.version,
-                "sealed_per_minute": sealed_per_minute, "questions": "trajectory" if traj else "next_token",
-                "progress": trajectory_progress(db, traj, pid) if traj else progress(pid)}
+                "sealed_per_minute": sealed_per_minute,
+                "questions": "rare" if rare else "trajectory" if traj else "next_token",
+                "progress": rare_progress(db, rare, pid) if rare else trajectory_progress(db, traj, pid) if traj
+                else progress(pid)}
 
     def next_token_only() -> None:
+        if rare:
+            raise HTTPException(404, "this form asks rare-behaviour questions: use /api/rare/next and /api/rare/answer "
+                                     "(reload the page)")
         if traj:
             raise HTTPException(404, f"suite {suite.name!r} asks whole-continuation questions, not next-token ones: "
                                      "use /api/trajectory/next and /api/trajectory/answer (reload the page)")
@@ -250,10 +269,14 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
     @app.get("/api/vocab")
     def vocab(_s: Annotated[dict, Depends(session)], q: Annotated[str, Query(max_length=100)] = "",
               limit: Annotated[int, Query(ge=1, le=50)] = 12) -> dict[str, Any]:
+        if game is None:
+            raise HTTPException(404, "no vocabulary in rare-behaviour mode")
         return {"q": q, "tokens": game.complete(q, limit)}
 
     @app.get("/api/tokenize")
     def tokenize(_s: Annotated[dict, Depends(session)], text: Annotated[str, Query(max_length=200)] = "") -> dict:
+        if game is None:
+            raise HTTPException(404, "no tokenizer in rare-behaviour mode")
         return game.read(text)  # NFC text, its tokens, and a warning when the first token is not exactly the text
 
     @app.post("/api/answer")
@@ -311,6 +334,9 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
         if s is None or s["role"] != "admin":
             return page(request, "message.html", 401 if s is None else 403, title="Organiser only",
                         message="Log in with an admin link from `logitpred participants admin-link`.")
+        if rare:
+            return page(request, "admin.html", trajectory=True, rare=True, people=trajectory_rows(db),
+                        totals={"practice": len(rare.questions), "sealed": 0})
         if traj:
             return page(request, "admin.html", trajectory=True, people=trajectory_rows(db),
                         totals={k: len(v) for k, v in traj.questions.items()})
@@ -322,7 +348,10 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
                      participant: str = "team") -> PlainTextResponse:
         if participant != "team" and participant not in {r["name"] for r in db.participant_rows()}:
             raise HTTPException(404, f"no participant {participant!r}")
-        if traj:  # whole-continuation predictions (trajectory_export.py)
+        if rare:  # rare questions are all practice-like: one file whatever the split (rare.py)
+            text = jsonl(rare_team_lines(db, rare) if participant == "team"
+                         else rare_participant_lines(db, rare, participant))
+        elif traj:  # whole-continuation predictions (trajectory_export.py)
             text = jsonl(team_lines(db, traj, split) if participant == "team"
                          else participant_lines(db, traj, split, participant))
         else:
@@ -341,6 +370,8 @@ def create_app(suite: Suite, *, db_url: str | None = None, sealed_per_minute: in
     def healthz() -> dict[str, Any]:
         return {"ok": True, "suite": suite.name}
 
+    if rare:
+        add_rare_routes(app, rare, db, participant=participant, csrf=csrf)
     if traj:
         add_trajectory_routes(app, traj, db, participant=participant, csrf=csrf, sealed_per_minute=sealed_per_minute)
     app.state.close = db.dispose
