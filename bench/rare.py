@@ -157,7 +157,8 @@ class TableScorer:
 
         self.real, self.dist, self.token = real, dist, token
         self.prefix, self.members, self.batch_size = real.prefix, real.members, real.batch_size
-        self.lp, self.hit = lp.astype(np.float64), argmax == token
+        self.lp = lp.astype(np.float64) if lp is not None else None  # None: greedy-only behaviour
+        self.hit = argmax == token
         self.passes = Passes()
         self.grad_path = grad_path
         self.memo: dict[int, tuple[float, np.ndarray]] = {}
@@ -180,9 +181,11 @@ class TableScorer:
     def evaluate(self, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         r = row_index(self.dist, free)
         self.passes.forward += len(r)
-        return self.lp[r], self.hit[r]
+        return (self.lp[r] if self.lp is not None else np.full(len(r), np.nan)), self.hit[r]
 
     def log_prob(self, free: np.ndarray) -> np.ndarray:
+        if self.lp is None:
+            raise RuntimeError(f"token {self.token}: no table of log P (a greedy-only behaviour)")
         return self.evaluate(free)[0]
 
     def greedy(self, free: np.ndarray) -> np.ndarray:
@@ -277,14 +280,30 @@ def run_grid(args: argparse.Namespace, target: Any, rec: dict[str, Any], data: P
         if args.behaviours < len(toks):
             pick = np.unique(np.round(np.linspace(0, len(toks) - 1, args.behaviours)).astype(int))
             toks = [toks[i] for i in pick]
-        for tok in toks:
-            j = table["tokens"].tolist().index(tok)
+        work = [(t, "reference", p_exact[(t, 1)], p_exact[(t, 0)]) for t in toks]
+        if args.greedy_behaviours and 0 in args.temperatures:
+            from tasks.rare.exact import pick_tokens
+
+            V = target.model.get_input_embeddings().weight.shape[0]
+            p0 = np.bincount(table["argmax"], weights=w, minlength=V)
+            inside = int(((p0 >= args.greedy_low) & (p0 <= args.greedy_high)).sum() - sum(
+                args.greedy_low <= p0[t] <= args.greedy_high for t in table["tokens"].tolist()))
+            extra = pick_tokens(p0, min(args.greedy_behaviours, inside), args.greedy_low, args.greedy_high,
+                                exclude=set(table["tokens"].tolist())) if inside else []
+            print(f"  greedy extras: {len(extra)} tokens by exact P_D(argmax = t) over [{args.greedy_low:g}, "
+                  f"{args.greedy_high:g}] ({inside} tokens in range): "
+                  + ", ".join(f"{t} {target.tokenizer.decode([t])!r} P {p0[t]:.2e} (the argmax of "
+                              f"{int((table['argmax'] == t).sum())} of the {dist.support_size} inputs)" for t in extra),
+                  flush=True)
+            work += [(t, "greedy-extra", None, float(p0[t])) for t in extra]
+        for tok, kind, p1, p0_t in work:
+            cols = table["tokens"].tolist()
             real = BehaviourScorer(target.model, bos_ids=target.bos_ids, prefix=dist.prefix, members=[[tok]],
                                    batch_size=32)
-            ts = TableScorer(real, dist, table["lp"][:, j], table["argmax"], tok,
-                             data / "grads" / f"{dist.sha256()[:16]}-{tid}-{tok}.npz")
-            for temp in args.temperatures:
-                p = p_exact[(tok, temp)]
+            ts = TableScorer(real, dist, table["lp"][:, cols.index(tok)] if tok in cols else None, table["argmax"],
+                             tok, data / "grads" / f"{dist.sha256()[:16]}-{tid}-{tok}.npz")
+            for temp in args.temperatures if kind == "reference" else [0]:
+                p = p1 if temp == 1 else p0_t
                 if p == 0.0:
                     skipped.append({"distribution": did, "token": tok, "temperature": temp})
                     continue
@@ -294,7 +313,8 @@ def run_grid(args: argparse.Namespace, target: Any, rec: dict[str, Any], data: P
                             before, s0 = ts.computed, time.time()
                             e = estimate(est, ts, dist, budget=budget, seed=seed, temperature=temp)
                             q = e.value
-                            row = {"distribution": did, "token": tok, "text": target.tokenizer.decode([tok]),
+                            row = {"set": kind, "distribution": did, "token": tok,
+                                   "text": target.tokenizer.decode([tok]),
                                    "temperature": temp, "budget": budget, "seed": seed, "estimator": est,
                                    "p_exact": p, "estimate": q, "passes": e.passes.total,
                                    "abs_log10": abs(math.log10(q / p)) if q > 0 else math.inf,
@@ -306,7 +326,7 @@ def run_grid(args: argparse.Namespace, target: Any, rec: dict[str, Any], data: P
                             if out:
                                 out.write(json.dumps(row) + "\n")
                                 out.flush()
-                ts.save()
+                    ts.save()  # after every budget: an interrupted run keeps its gradients
                 done = [r for r in rows if r["distribution"] == did and r["token"] == tok and r["temperature"] == temp]
                 errs = {est: np.median([r["abs_log10"] for r in done if r["estimator"] == est])
                         for est in args.estimators}
@@ -315,12 +335,16 @@ def run_grid(args: argparse.Namespace, target: Any, rec: dict[str, Any], data: P
                       + f" | {ts.computed} gradients computed so far, load {load()}", flush=True)
     if out:
         out.close()
-    report_grid(args, rows, skipped)
+    report_grid(args, [r for r in rows if r["set"] == "reference"], skipped, "reference set")
+    extra = [r for r in rows if r["set"] == "greedy-extra"]
+    if extra:
+        report_grid(args, extra, [], "greedy extras (temperature 0, tokens picked by exact P_D(argmax = t))")
     return rows
 
 
-def report_grid(args: argparse.Namespace, rows: list[dict[str, Any]], skipped: list[dict[str, Any]]) -> None:
-    print("\n## Estimators vs exact P_D(B)\n")
+def report_grid(args: argparse.Namespace, rows: list[dict[str, Any]], skipped: list[dict[str, Any]],
+                title: str) -> None:
+    print(f"\n## Estimators vs exact P_D(B): {title}\n")
     n_beh = len({(r["distribution"], r["token"]) for r in rows})
     temps = ", ".join(f"T={t}: {sum(s['temperature'] == t for s in skipped)}" for t in args.temperatures)
     print(f"{n_beh} behaviours (distribution, token) x seeds {args.seeds} x budgets {args.budgets}; "
@@ -477,6 +501,40 @@ def pool_table(args: argparse.Namespace, target: Any, table: dict[str, np.ndarra
         print(f"  token {tok} (pool max {math.exp(pmax[list(table['tokens']).index(tok)]):.1e}): " + "; ".join(parts))
 
 
+def partial_record(folder: Path, target: Any) -> dict[str, Any]:
+    """The product distributions' rows of a reference record still being built, from the marginals the build has
+    cached in ``folder`` (content-hashed; their key checked against the distribution rebuilt from rare.yaml), picked
+    as ``tasks.rare.reference.build_reference`` picks them (declared token behaviours excluded)."""
+    from tasks.paths import sha256_file
+    from tasks.rare.exact import pick_tokens
+    from tasks.rare.reference import make_distribution
+    from tasks.rare.spec import read_spec
+
+    spec = read_spec(REPO / "rare.yaml")
+    declared = {b["token"] for b in spec.behaviours if "token" in b}
+    ref = spec.reference
+    rec: dict[str, Any] = {"spec": spec.canonical(), "target": target.identity.to_dict(), "distributions": {},
+                           "rows": [], "commitment": None, "seconds": {}}
+    for decl in spec.distributions:
+        if decl["kind"] != "product":
+            continue
+        d = make_distribution(decl, target, spec.corpus)
+        for meta in folder.glob(f"marginals-{d.id}-*.json"):
+            info = json.loads(meta.read_text())
+            npz = folder / info["file"]
+            if info.get("key") != d.sha256()[:16] or sha256_file(npz) != info["sha256"]:
+                continue
+            with np.load(npz) as z:
+                p1, p0 = z["p1"], z["p0"]
+            rec["distributions"][d.id] = d.key()
+            rec["seconds"][d.id] = info["seconds"]
+            for tok in pick_tokens(p1, ref["tokens"], ref["low"], ref["high"], exclude=declared):
+                for temp, p in ((1, p1), (0, p0)):
+                    rec["rows"].append({"distribution": d.id, "token": tok, "temperature": temp,
+                                        "p_exact": float(p[tok]), "declared": False})
+    return rec
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--distributions", type=lambda s: s.split(","), default=None,
@@ -490,6 +548,11 @@ def main() -> None:
     ap.add_argument("--temperatures", type=lambda s: [int(x) for x in s.split(",")], default=[1, 0])
     ap.add_argument("--reference", type=Path, default=None, help="reference.json (default: the repo's, for rare.yaml)")
     ap.add_argument("--data", type=Path, default=REPO / ".logitpred" / "bench" / "rare")
+    ap.add_argument("--greedy-behaviours", type=int, default=4,
+                    help="per distribution, extra tokens run at temperature 0 only, picked by their exact greedy "
+                    "probability (the reference set's tokens are picked at temperature 1; most have P = 0 greedy)")
+    ap.add_argument("--greedy-low", type=float, default=1e-6)
+    ap.add_argument("--greedy-high", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="append every grid row here as JSON lines")
     ap.add_argument("--no-grid", action="store_true")
@@ -537,6 +600,10 @@ def main() -> None:
         print(f"reference {path.relative_to(REPO) if path.is_relative_to(REPO) else path}: commitment "
               f"{rec['commitment'][:16]} ({'verified' if ok else 'MISMATCH'}); build seconds per distribution "
               f"{rec.get('seconds')}", flush=True)
+    elif list(path.parent.glob("marginals-*.json")):
+        rec = partial_record(path.parent, target)
+        print(f"reference {path} not built (yet): rows of {sorted(rec['distributions'])} reconstructed from the build's "
+              "cached marginals with the build's own token pick (tasks.rare.exact.pick_tokens)", flush=True)
     elif args.no_grid:  # the pool needs only the corpus and the target
         rec = {"spec": {"corpus": read_spec(REPO / "rare.yaml").corpus}, "target": {"id": target.identity.id}}
     else:
