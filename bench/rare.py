@@ -7,7 +7,11 @@ Two parts, in one run:
    of ``logitpred rare build`` (the single-token behaviours of its record; P_D(B) exact from the record), at both
    temperatures, several fixed seeds per cell. Per (estimator, temperature, budget): mean |log10 error|, share within
    10x, share of zero estimates and the Itakura-Saito loss, with naive at the same budget beside each, and paired
-   ratios (same distribution, behaviour, seed and budget) side by side.
+   ratios (same distribution, behaviour, seed and budget) side by side. The reference tokens are picked at
+   temperature 1 and are mostly never the argmax (exact P = 0 greedy), so ``--greedy-behaviours`` adds, per
+   distribution, tokens picked by their exact P_D(argmax = t) (from the same enumeration), run at temperature 0 only.
+   While ``logitpred rare build`` is still running, the rows of the distributions whose marginals it has cached are
+   reconstructed with the build's own token pick (``partial_record``).
 2. **Jones et al. 2025's protocol**: a pool of 22^3 = 10,648 inputs (a product distribution, uniform over the 22 most
    frequent hex tokens per position after the hex prefix; the pool is its support, so a uniform draw from the pool is
    a draw from D), enumerated once for the exact P(token | x) of every input; behaviours: single tokens whose pool
