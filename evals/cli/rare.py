@@ -88,8 +88,12 @@ def _print(rec: dict[str, Any], title: str) -> None:
                       f"{math.log10(p):.2f}" if p > 0 else "-inf")
     out.print(table)
     for did, d in rec["distributions"].items():
-        out.print(f"{did}: {d.get('support', 'suite')} inputs, {d['passes']} forward passes, "
-                  f"{rec['seconds'][did]:.1f} s")
+        sec = rec["seconds"][did]
+        if not isinstance(sec, dict):  # a record written before build times covered the text behaviours
+            sec = {"marginals": float(sec), "this_build": float("nan")}
+        out.print(f"{did}: {d.get('support', 'suite')} inputs, {d['passes']} forward passes "
+                  f"({d.get('marginal_passes', d['passes'])} for the next-token marginals); marginals took "
+                  f"{sec['marginals']:.1f} s, this build {sec['this_build']:.1f} s")
     out.print(f"commitment {rec['commitment']}")
 
 

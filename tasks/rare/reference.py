@@ -15,7 +15,9 @@ P(B | x) of each (the "P(B | x)?" questions of ``tasks.rare.questions``).
 
 Cache: ``<data_dir>/rare/<spec sha16>-<target id>/``: ``marginals-<distribution>-<sha16>.npz`` (``p1``, ``p0``; reused
 by a later build when its sha256 matches, so an interrupted build resumes) and ``reference.json``, written last and
-atomically: the spec, target, per distribution its key, support size, forward passes and seconds spent, and one row
+atomically: the spec, target, per distribution its key, support size, forward passes (``passes``: marginals and
+text behaviours; ``marginal_passes``) and seconds spent (``seconds``: the marginals', from the build that computed
+them, and this build's total for the distribution; kept out of the commitment), and one row
 per (distribution, behaviour, temperature) with ``p_exact``; ``commitment`` = sha256 over its canonical JSON without
 times. A failed build leaves the previous record as it was.
 """
@@ -168,12 +170,14 @@ def _token_inputs(d: Any, target: Any, tokens: list[int], inputs: list[list[int]
     return {t: lp[:, t].exp().tolist() for t in tokens}
 
 
-def _texts_exact(b: Behaviour, d: Any, target: Any, inputs: list[list[int]]) -> tuple[dict[int, float], list[float]]:
-    """({temperature: P_D(B)}, [P(B | x) for x in inputs]) of a multi-token behaviour, exactly."""
+def _texts_exact(b: Behaviour, d: Any, target: Any,
+                 inputs: list[list[int]]) -> tuple[dict[int, float], list[float], int]:
+    """({temperature: P_D(B)}, [P(B | x) for x in inputs], forward passes spent) of a multi-token behaviour,
+    exactly (a pass: one input with all of B's members)."""
     if isinstance(d, ProductDistribution):
         sc = BehaviourScorer(target.model, bos_ids=target.bos_ids, prefix=d.prefix, members=b.members)
         each = np.exp(sc.log_prob(np.array(inputs, dtype=np.int64))).tolist()
-        return behaviour_probabilities(sc, d), each
+        return behaviour_probabilities(sc, d), each, sc.passes.forward
     from ..continuations import chain_rule_truth
 
     items = [(p, m, True) for p in d.prompts for m in b.members]
@@ -182,7 +186,7 @@ def _texts_exact(b: Behaviour, d: Any, target: Any, inputs: list[list[int]]) -> 
     p1 = [sum(np.exp(t.logprob) for t in got[i * J:(i + 1) * J]) for i in range(len(d.prompts))]
     p0 = [any(np.array_equal(t.full.argmax(axis=1), m) for t, m in zip(got[i * J:(i + 1) * J], b.members,
                                                                        strict=True)) for i in range(len(d.prompts))]
-    return {1: float(np.mean(p1)), 0: float(np.mean(p0))}, [float(x) for x in p1]
+    return {1: float(np.mean(p1)), 0: float(np.mean(p0))}, [float(x) for x in p1], len(d.prompts)
 
 
 def build_reference(spec: RareSpec, target: Any, *, on_progress: Progress | None = None,
@@ -200,7 +204,9 @@ def build_reference(spec: RareSpec, target: Any, *, on_progress: Progress | None
     rows, info = [], {}
     ref = spec.reference
     for d in dists:
+        start = time.time()
         m, info[d.id] = _marginals(folder, d, target, on_progress)
+        info[d.id]["marginal_passes"] = info[d.id]["passes"]
         declared = {b.token for b in behaviours if b.token is not None}
         picked = pick_tokens(m.p1, ref["tokens"], ref["low"], ref["high"], exclude=declared)
         inputs = question_inputs(d)
@@ -213,11 +219,14 @@ def build_reference(spec: RareSpec, target: Any, *, on_progress: Progress | None
                              **({"p_inputs": each[tok]} if temp == 1 else {})})
         for b in behaviours:
             if b.token is None:
-                exact, per_input = _texts_exact(b, d, target, inputs)
+                exact, per_input, passes = _texts_exact(b, d, target, inputs)
+                info[d.id]["passes"] += passes
                 for temp, p in exact.items():
                     rows.append({"distribution": d.id, "behaviour": b.id, "members": [list(x) for x in b.members],
                                  "temperature": temp, "p_exact": p, "declared": True,
                                  **({"p_inputs": per_input} if temp == 1 else {})})
+        # seconds: the marginals' (when this build computed them; else the earlier build's) and this build's total
+        info[d.id]["seconds"] = {"marginals": info[d.id]["seconds"], "this_build": round(time.time() - start, 3)}
     body = {"format": FORMAT, "spec_sha256": spec.sha256(), "spec": spec.canonical(), "target": target.identity.to_dict(),
             "distributions": {d.id: {**d.key(), **{k: v for k, v in info[d.id].items() if k != "seconds"}}
                               for d in dists}, "rows": rows}

@@ -47,7 +47,9 @@ def test_rare_build_is_exact_and_committed(spec, target):
     rec = load_reference(s, target.identity.id)
     assert rec["commitment"] in r.output and len(rec["commitment"]) == 64
     rows = {(x["distribution"], x["behaviour"], x["temperature"]): x["p_exact"] for x in rec["rows"]}
-    assert len(rec["distributions"]["en"]["reference_tokens"]) == 3 and rec["distributions"]["en"]["passes"] == 16
+    en = rec["distributions"]["en"]
+    assert len(en["reference_tokens"]) == 3 and en["marginal_passes"] == 16
+    assert en["passes"] == 16 + 16 + 32  # marginals, the text behaviour over the support and over the 32 inputs
     d = make_distribution(s.distribution("en"), target, "wiki")
     comma1 = comma0 = swear1 = 0.0
     swear = [target.tokenizer(t, add_special_tokens=False)["input_ids"] for t in (" damn", " hell")]
