@@ -1,37 +1,13 @@
 // The rare-behaviour mode of the human form (`logitpred serve --rare-spec`; app.py serves this page): how likely is
 // the model to continue an input (one given text, or one drawn from a described distribution) with one of a
 // behaviour's texts? The answer is log10 P on a slider from 1 in 10^12 to 1 in 10. There is no sealed round: every
-// answer shows the true probability and the error in orders of magnitude. `me`, `$`, `api`, `visible`: common.js.
+// answer shows the true probability and the error in orders of magnitude.
+// `me`, `$`, `api`, `visible`: common.js; the slider and the feedback lines: logscale.js.
 "use strict";
 
 let current = null, busy = false;
 
-// "1 in N" for log10 P = x (as trajectory.py's one_in).
-function oneIn(x) {
-  const n = Math.pow(10, -x);
-  if (n < 1e6) return `1 in ${Number(n.toPrecision(2)).toLocaleString("en-US")}`;
-  const [m, e] = n.toExponential(1).split("e");
-  return `1 in ${m} × 10^${parseInt(e, 10)}`;
-}
-const signed = (x, digits = 2) => (x > 0 ? "+" : x < 0 ? "-" : "±") + Math.abs(x).toFixed(digits);
 const quoted = (t) => JSON.stringify(t);
-
-function readValue(from) {
-  const x = parseFloat(from === "num" ? $("#lp-num").value : $("#lp").value);
-  return Number.isFinite(x) && x >= -12 && x <= -1 ? x : null;
-}
-function show(x, from) {
-  if (x === null) {
-    $("#lp-out").textContent = "Give log10 P between -12 (1 in 10^12) and -1 (1 in 10).";
-    $("#submit").disabled = true;
-    return;
-  }
-  if (from !== "range") $("#lp").value = String(x);
-  if (from !== "num") $("#lp-num").value = x.toFixed(1);
-  $("#lp").setAttribute("aria-valuetext", `${oneIn(x)} (log10 P ${x.toFixed(1)})`);
-  $("#lp-out").textContent = oneIn(x);
-  $("#submit").disabled = false;
-}
 
 async function refreshMe() {
   me = await api("/api/me");
@@ -41,11 +17,6 @@ async function refreshMe() {
   $("#running").textContent = pr.answered ? `mean error ${pr.mean_abs_error_log10.toFixed(2)} orders of magnitude` : "";
 }
 
-function showResult(lines) {
-  const res = $("#result");
-  res.replaceChildren(...lines.map((l) => { const p = document.createElement("p"); p.append(l); return p; }));
-  res.hidden = false;
-}
 
 function cell(tag, text) { const c = document.createElement(tag); c.textContent = text; return c; }
 
@@ -107,12 +78,7 @@ async function submit(e) {
       { prompt_id: current.prompt_id, continuation_id: current.continuation_id, log10prob: x }) });
     $("#task").hidden = true;
     const fb = res.feedback, run = res.running;
-    const how = fb.direction === "over" ? "you over-estimated it" : fb.direction === "under" ? "you under-estimated it" : "exact";
-    const scale = fb.off_scale ? " (beyond the slider's scale)" : "";
-    showResult([`Your answer: ${res.one_in} (log10 P ${res.log10prob.toFixed(2)}).`,
-      `True probability: ${fb.true_one_in} (log10 P ${fb.true_log10prob.toFixed(2)})${scale}.`,
-      `Your error: ${signed(fb.error_log10)} orders of magnitude: ${how}${fb.within_10x ? ", within 10x" : ""}.`,
-      `Running score: ${run.answered} answered, mean error ${run.mean_abs_error_log10.toFixed(2)} orders of magnitude.`]);
+    showResult([`Your answer: ${res.one_in} (log10 P ${res.log10prob.toFixed(2)}).`, ...feedbackLines(fb, run, "Running score")]);
     await refreshMe();
     $("#after").hidden = false;
     $("#next").focus();
@@ -122,12 +88,7 @@ async function submit(e) {
 }
 
 document.addEventListener("DOMContentLoaded", async () => {
-  const ticks = $("#lp-ticks");
-  for (let v = -12; v <= -1; v++) { const o = document.createElement("option"); o.value = String(v); ticks.append(o); }
-  $("#answer").addEventListener("submit", submit);
-  $("#lp").addEventListener("input", () => show(readValue("range"), "range"));
-  $("#lp-num").addEventListener("input", () => show(readValue("num"), "num"));
-  $("#lp").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); $("#answer").requestSubmit(); } });
+  wireSlider(submit);
   $("#next").addEventListener("click", () => loadNext().catch((err) => { $("#error").textContent = err.message; }));
   $("#logout").addEventListener("click", async () => { await api("/api/logout", { method: "POST", body: "{}" }); location.reload(); });
   try {
