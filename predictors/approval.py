@@ -200,6 +200,10 @@ def system_identity(name: str, options: dict[str, Any] | None = None) -> dict[st
     options = dict(options or {})
     from .model import MODEL_PREDICTORS, helper_identity, output_settings
 
+    if name.startswith("version:"):  # a version of a target: weights, precision, quantization (predictors/version.py)
+        from .version import version_system_identity
+
+        return version_system_identity(name, options)
     if name in MODEL_PREDICTORS:
         path = MODEL_PREDICTORS[name](options)
         ident = {"kind": "model", **helper_identity(path), "settings": output_settings(path, options)}

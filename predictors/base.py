@@ -37,7 +37,7 @@ from tasks.vocab import Vocabulary
 
 from .format import Prediction
 
-BUILTIN_MODULES = ("predictors.baselines", "predictors.ngram", "predictors.suffix", "predictors.mixture", "predictors.model", "predictors.composite")  # imported on first registry use; heavy ones import lazily inside
+BUILTIN_MODULES = ("predictors.baselines", "predictors.ngram", "predictors.suffix", "predictors.mixture", "predictors.model", "predictors.composite", "predictors.version")  # imported on first registry use; heavy ones import lazily inside
 ENTRY_POINT_GROUP = "logitpred.predictors"
 
 

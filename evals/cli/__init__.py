@@ -7,7 +7,8 @@
 - ``gate``: ``gate``, ``leaderboard``, ``report``;
 - ``helpers``: ``helpers train | list``, ``approve``, ``approvals``, ``revoke``;
 - ``human``: ``serve``, ``participants ...``, ``export``;
-- ``rare``: ``rare build``, ``rare show`` (rare behaviours, ``tasks.rare``).
+- ``rare``: ``rare build``, ``rare show`` (rare behaviours, ``tasks.rare``);
+- ``search``: ``search`` (prompts that elicit a behaviour, ``tasks.search``).
 
 Exit codes: 0 success, 1 the work failed (e.g. nothing valid to score), 2 bad input or configuration. Heavy libraries
 (torch, transformers) load only inside the commands that need them, so ``--help`` is fast. A new command group is a
@@ -23,7 +24,7 @@ import typer
 app = typer.Typer(help="logitpred: can you predict a language model's next-token distribution without running it?",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
-GROUPS = ("suite", "predict", "score", "predictors", "gate", "helpers", "human", "rare")
+GROUPS = ("suite", "predict", "score", "predictors", "gate", "helpers", "human", "rare", "versions", "search")
 for _group in GROUPS:
     importlib.import_module(f"{__name__}.{_group}").register(app)
 
