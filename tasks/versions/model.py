@@ -94,6 +94,10 @@ def load_version(spec: VersionSpec, *, device: str = "cpu") -> Any:
     try:
         t = load_target(_model_spec(spec), device=device, dtype=spec.dtype)
     except (TargetError, OSError, ValueError) as e:
+        bad = _non_finite_tensor(resolve_target(_model_spec(spec)))
+        if bad:  # say what is wrong instead of what the causality probe saw of it
+            raise VersionsError(f"version {spec.name!r}: weight {bad!r} of {spec.model!r} holds NaN or inf values: "
+                                "its weights are broken (a rung that failed to train?)") from e
         raise VersionsError(f"version {spec.name!r}: could not load {spec.model!r}: {e}") from e
     model = t.model
     if spec.quantize == "int8-dynamic":
@@ -105,6 +109,27 @@ def load_version(spec: VersionSpec, *, device: str = "cpu") -> Any:
             raise VersionsError(f"version {spec.name!r}: int8 dynamic quantization failed: {e}") from e
     _LOADED[key] = Target(model, t.tokenizer, ident, resolve_target(_model_spec(spec)))
     return _LOADED[key]
+
+
+def _non_finite_tensor(path: Any) -> str | None:
+    """The name of the first tensor with NaN or inf values in a model folder's ``.safetensors`` files, else None
+    (GGUF files and unreadable files: None)."""
+    from pathlib import Path
+
+    import torch
+    from safetensors import safe_open
+
+    folder = Path(path)
+    for f in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    t = st.get_tensor(key)
+                    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                        return key
+        except (OSError, ValueError, RuntimeError):
+            return None
+    return None
 
 
 def version_logprobs(target: Any, prompts: Sequence[Any], *, bos_ids: Sequence[int] = (), batch_size: int = 8,

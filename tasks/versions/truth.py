@@ -101,7 +101,10 @@ def build_version_truth(series: str, suite: Suite, v: VersionSpec, *, batch_size
                         on_progress: Callable[[str, int, int], None] | None = None) -> VersionSuite:
     """Compute (or reuse, hash-checked) version ``v``'s truth on both splits of ``suite``; return its
     ``VersionSuite``. Raises ``VersionsError`` naming the version when its model cannot be loaded, its vocabulary is
-    not the suite's, or it gives NaN/+inf; ``TargetError`` for a prompt beyond its context."""
+    not the suite's, it gives NaN/+inf, or it cannot answer a prompt (``TargetError``: beyond its context, not
+    causal)."""
+    from tasks.target import TargetError
+
     ident, _ = version_identity(v)
     vs = version_suite(series, suite, ident)
     if not rebuild and vs.has_truth():
@@ -120,7 +123,11 @@ def build_version_truth(series: str, suite: Suite, v: VersionSpec, *, batch_size
     for split in SPLITS:
         prompts = suite.prompts(split)
         progress = (lambda n, s=split, t=len(prompts): on_progress(s, n, t)) if on_progress else None
-        logp = version_logprobs(target, prompts, bos_ids=suite.bos_ids, batch_size=batch_size, on_progress=progress)
+        try:
+            logp = version_logprobs(target, prompts, bos_ids=suite.bos_ids, batch_size=batch_size,
+                                    on_progress=progress)
+        except TargetError as e:  # not causal, a prompt beyond its context, ...: name the version
+            raise VersionsError(f"version {v.name!r} cannot answer suite {suite.name!r}: {e}") from e
         if logp.shape != (len(prompts), suite.vocab_size):
             raise VersionsError(f"version {v.name!r} gave log-probabilities of shape {logp.shape}, not "
                                 f"({len(prompts)}, {suite.vocab_size}) on suite {suite.name!r}")
