@@ -261,7 +261,8 @@ def run_grid(args: argparse.Namespace, target: Any, rec: dict[str, Any], data: P
     out = open(args.out, "a") if args.out else None  # noqa: SIM115 - closed at the end
     for did in dists:
         dist = dist_from_record(rec, did)
-        ref = [r for r in rec["rows"] if r["distribution"] == did and not r["declared"] and "token" in r]
+        ref = [r for r in rec["rows"] if r["distribution"] == did and not r["declared"] and "token" in r
+               and not r.get("greedy_pick")]  # bench picks its own greedy extras from the table
         p_exact = {(r["token"], r["temperature"]): r["p_exact"] for r in ref}
         toks = sorted({r["token"] for r in ref}, key=lambda t: p_exact[(t, 1)])
         t0 = time.time()

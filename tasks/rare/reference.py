@@ -4,8 +4,10 @@
 
 - product distributions: enumerate the support once for the next-token marginals of the whole vocabulary
   (``tasks.rare.exact.token_marginals``), pick ``reference.tokens`` single-token behaviours whose exact probability
-  spreads log-uniformly over [low, high] (``pick_tokens``), and compute every declared behaviour exactly (tokens from
-  the marginals; texts by ``behaviour_probability``), at temperature 1 and 0;
+  spreads log-uniformly over [low, high] (``pick_tokens``; rows at temperature 1 and 0), up to as many more whose
+  exact greedy probability P_D(argmax = t) does (``reference_tokens_greedy``; rows at temperature 0 only), and
+  compute every declared behaviour exactly (tokens from the marginals; texts by ``behaviour_probability``), at
+  temperature 1 and 0;
 - suite distributions: the exact mean over the split's prompts, single tokens from the suite's next-token truth, texts
   by the chain rule (``tasks.continuations.chain_rule_truth``).
 
@@ -170,14 +172,23 @@ def _token_inputs(d: Any, target: Any, tokens: list[int], inputs: list[list[int]
     return {t: lp[:, t].exp().tolist() for t in tokens}
 
 
-def _texts_exact(b: Behaviour, d: Any, target: Any,
-                 inputs: list[list[int]]) -> tuple[dict[int, float], list[float], int]:
+def _greedy_tokens(p0: np.ndarray, ref: dict[str, Any], exclude: set[int]) -> list[int]:
+    """Up to ``ref["tokens"]`` tokens whose exact P_D(argmax = t) spreads log-uniformly over [low, high]: the
+    temperature-0 reference behaviours (a token picked by its temperature-1 probability is rarely anyone's argmax, so
+    its temperature-0 probability is mostly exactly 0). Fewer when fewer tokens are the argmax of some input."""
+    inside = sum(1 for t in np.flatnonzero((p0 >= ref["low"]) & (p0 <= ref["high"])).tolist() if t not in exclude)
+    n = min(ref["tokens"], inside)
+    return pick_tokens(p0, n, ref["low"], ref["high"], exclude=exclude) if n else []
+
+
+def _texts_exact(b: Behaviour, d: Any, target: Any, inputs: list[list[int]],
+                 on_progress: Callable[[int], None] | None = None) -> tuple[dict[int, float], list[float], int]:
     """({temperature: P_D(B)}, [P(B | x) for x in inputs], forward passes spent) of a multi-token behaviour,
     exactly (a pass: one input with all of B's members)."""
     if isinstance(d, ProductDistribution):
         sc = BehaviourScorer(target.model, bos_ids=target.bos_ids, prefix=d.prefix, members=b.members)
         each = np.exp(sc.log_prob(np.array(inputs, dtype=np.int64))).tolist()
-        return behaviour_probabilities(sc, d), each, sc.passes.forward
+        return behaviour_probabilities(sc, d, on_progress=on_progress), each, sc.passes.forward
     from ..continuations import chain_rule_truth
 
     items = [(p, m, True) for p in d.prompts for m in b.members]
@@ -209,17 +220,22 @@ def build_reference(spec: RareSpec, target: Any, *, on_progress: Progress | None
         info[d.id]["marginal_passes"] = info[d.id]["passes"]
         declared = {b.token for b in behaviours if b.token is not None}
         picked = pick_tokens(m.p1, ref["tokens"], ref["low"], ref["high"], exclude=declared)
+        greedy = _greedy_tokens(m.p0, ref, exclude=declared | set(picked))
         inputs = question_inputs(d)
-        info[d.id].update(reference_tokens=picked, inputs=inputs)
+        info[d.id].update(reference_tokens=picked, reference_tokens_greedy=greedy, inputs=inputs)
         each = _token_inputs(d, target, picked + sorted(declared), inputs)
         for tok in picked + sorted(declared):
             for temp, p in ((1, m.p1), (0, m.p0)):
                 rows.append({"distribution": d.id, "behaviour": f"token:{tok}", "token": tok, "temperature": temp,
                              "p_exact": float(p[tok]), "declared": tok in declared,
                              **({"p_inputs": each[tok]} if temp == 1 else {})})
+        for tok in greedy:  # temperature 0 only: P_D(argmax = tok) spread over [low, high] (not asked as questions)
+            rows.append({"distribution": d.id, "behaviour": f"token:{tok}", "token": tok, "temperature": 0,
+                         "p_exact": float(m.p0[tok]), "declared": False, "greedy_pick": True})
         for b in behaviours:
             if b.token is None:
-                exact, per_input, passes = _texts_exact(b, d, target, inputs)
+                tick = (lambda n, b=b: on_progress(f"{d.id}: {b.id}", n, d.support_size)) if on_progress else None
+                exact, per_input, passes = _texts_exact(b, d, target, inputs, tick)
                 info[d.id]["passes"] += passes
                 for temp, p in exact.items():
                     rows.append({"distribution": d.id, "behaviour": b.id, "members": [list(x) for x in b.members],

@@ -117,19 +117,18 @@ class BehaviourScorer:
             mask[j, : len(m)] = True
         return fed.repeat(n, 1), tgt.repeat(n, 1), mask.repeat(n, 1)
 
-    def _reduce(self, logits: Any, n: int, want_greedy: bool = False) -> Any:
-        """``logits`` ``(n*J, w, V)`` at the member positions -> log P(B | x) ``(n,)`` (float64), or indicators."""
+    def _reduce(self, logits: Any, n: int) -> tuple[Any, Any]:
+        """``logits`` ``(n*J, w, V)`` at the member positions -> (log P(B | x) ``(n,)`` float64, greedy indicator
+        ``(n,)`` bool), one log-softmax for both (the argmax is the logits')."""
         import torch
 
         _, tgt, mask = self._member_batch(n)
         tgt, mask = tgt.to(logits.device), mask.to(logits.device)
+        hit = ((logits.argmax(dim=-1) == tgt) | ~mask).all(dim=1).view(n, -1).any(dim=1)
         lp = torch.log_softmax(logits.float(), dim=-1)
-        if want_greedy:
-            hit = (lp.argmax(dim=-1) == tgt) | ~mask
-            return hit.all(dim=1).view(n, -1).any(dim=1)
         step = lp.gather(-1, tgt[..., None])[..., 0].masked_fill(~mask, 0.0)
         per_member = step.double().sum(dim=1).view(n, -1)  # (n, J)
-        return torch.logsumexp(per_member, dim=1)
+        return torch.logsumexp(per_member, dim=1), hit
 
     def evaluate(self, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(log P(B | prefix + x) (n,) float64, greedy indicator (n,) bool)`` for every row ``x`` of ``free``
@@ -146,8 +145,9 @@ class BehaviourScorer:
             fed, _, _ = self._member_batch(b)
             rows = torch.cat([x.repeat_interleave(J, dim=0), fed], dim=1)  # (b*J, k + w - 1)
             logits = self.runner.logits(rows, keep=rows.shape[1] - k + 1)  # from the last free position on
-            lps.append(self._reduce(logits, b).cpu().numpy())
-            hits.append(self._reduce(logits, b, want_greedy=True).cpu().numpy())
+            lp, hit = self._reduce(logits, b)
+            lps.append(lp.cpu().numpy())
+            hits.append(hit.cpu().numpy())
             self.passes.forward += b
         if not lps:
             return np.zeros(0), np.zeros(0, dtype=bool)
@@ -187,7 +187,7 @@ class BehaviourScorer:
                 seq = torch.cat([e_in, e_fed], dim=1)
                 keep = fed.shape[1] + 1
                 res = self.model(inputs_embeds=seq, logits_to_keep=keep)
-                lp = self._reduce(res.logits, b)
+                lp = self._reduce(res.logits, b)[0]
                 lp.sum().backward()
             g = e_free.grad.float() @ table.T  # (b, k, V)
             vals.append(lp.detach().cpu().numpy())

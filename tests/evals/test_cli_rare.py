@@ -22,7 +22,7 @@ distributions:
 behaviours:
   - {id: swear, texts: [" damn", " hell"]}
   - {id: comma, token: 11}
-reference: {tokens: 3, low: 1.0e-7, high: 1.0e-3}
+reference: {tokens: 3, low: 1.0e-7, high: 1.0e-1}
 """
 
 
@@ -52,6 +52,7 @@ def test_rare_build_is_exact_and_committed(spec, target):
     assert en["passes"] == 16 + 16 + 32  # marginals, the text behaviour over the support and over the 32 inputs
     d = make_distribution(s.distribution("en"), target, "wiki")
     comma1 = comma0 = swear1 = 0.0
+    argmax_mass: dict[int, float] = {}
     swear = [target.tokenizer(t, add_special_tokens=False)["input_ids"] for t in (" damn", " hell")]
     for x, lp in d.enumerate():
         for row, w in zip(x.tolist(), np.exp(lp), strict=True):
@@ -60,13 +61,21 @@ def test_rare_build_is_exact_and_committed(spec, target):
                                       .logits[0, -1].double(), -1)
             comma1 += w * float(z[11].exp())
             comma0 += w * float(int(z.argmax()) == 11)
+            argmax_mass[int(z.argmax())] = argmax_mass.get(int(z.argmax()), 0.0) + w
             swear1 += w * sum(float(z[m[0]].exp()) for m in swear if len(m) == 1)
     assert rows[("en", "token:11", 1)] == pytest.approx(comma1, rel=1e-4)
     assert rows[("en", "token:11", 0)] == pytest.approx(comma0, abs=1e-12)
     if all(len(m) == 1 for m in swear):
         assert rows[("en", "swear", 1)] == pytest.approx(swear1, rel=1e-4)
     ref = [rows[("en", f"token:{t}", 1)] for t in rec["distributions"]["en"]["reference_tokens"]]
-    assert all(1e-7 <= p <= 1e-3 for p in ref)
+    assert all(1e-7 <= p <= 1e-1 for p in ref)
+    # temperature 0: tokens picked by their exact greedy probability, which is the mass of the inputs they win
+    greedy = en["reference_tokens_greedy"]
+    in_range = {t for t, p in argmax_mass.items() if 1e-7 <= p <= 1e-1 and t not in en["reference_tokens"] + [11]}
+    assert greedy and set(greedy) <= in_range and len(greedy) == min(3, len(in_range))
+    for t in greedy:
+        assert rows[("en", f"token:{t}", 0)] == pytest.approx(argmax_mass[t], abs=1e-12)
+        assert ("en", f"token:{t}", 1) not in rows or t in en["reference_tokens"]
     logp = __import__("tasks").load_suite("tiny").truth_split("practice")[1]
     assert rows[("tiny-p", "token:11", 1)] == pytest.approx(float(np.exp(logp[:, 11].astype(np.float64)).mean()))
     r2 = _run("build", "--spec", str(spec))  # the marginals are reused: same record
