@@ -5,14 +5,22 @@ must be approved before it may predict in a gated evaluation. The model is a tin
 (``transformers.LlamaForCausalLM``, tied embeddings) trained with AdamW on random windows of the train token streams
 (``tasks.tokens.train_tokens``: held-out documents, which prompts are cut from, never enter them). It is saved as a
 Hugging Face folder with the target's tokenizer, a manifest (``logitpred-helper.json``: corpora, seed, sizes, steps,
-final losses), the loss curve as CSV and PNG.
+final losses, thread count), the loss curve as CSV and PNG; on request also checkpoints every N steps, from which a
+killed run resumes (``predictors.train_checkpoint``).
 
-Reproducible on one machine: seeds fix the initialization and the window order (torch CPU kernels may still differ
-across versions in the last bits). Left out: learning-rate schedules beyond warmup + cosine, mixed precision, GPUs.
+Speed (``bench/train.py``): windows are packed (no padding; each window's ``width`` tokens are all predicted), the loss
+is the exact cross-entropy computed in row chunks so the vocabulary-wide logits stay in cache
+(``predictors.train_loss``), AdamW is the fused CPU kernel, and the thread count is set per run: on a loaded 2-core
+machine one thread is several times faster than two (OpenMP threads wait on each other at every small operation).
+
+Reproducible on one machine: seeds fix the initialization and the window order, for a given thread count (torch CPU
+kernels may still differ across versions and thread counts in the last bits). Left out: learning-rate schedules beyond
+warmup + cosine, mixed precision, GPUs, torch.compile.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -68,80 +76,167 @@ def _windows(tokens: np.ndarray, rng: np.random.Generator, batch: int, width: in
     return torch.from_numpy(np.stack([tokens[s : s + width + 1] for s in starts]))
 
 
-def train_helper(out_dir: Path, cfg: TrainConfig = TrainConfig(), *, target: str | None = None,
-                 on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
-    """Train and save a helper into ``out_dir``; returns its manifest."""
+def build_model(cfg: TrainConfig, vocab: int, bos: int | None = None, eos: int | None = None) -> Any:
+    """The helper's untrained ``LlamaForCausalLM`` (tied embeddings, MLP width 4 x hidden), initialized from
+    ``torch.manual_seed(cfg.seed)``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    torch.manual_seed(cfg.seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=cfg.hidden, intermediate_size=4 * cfg.hidden,
+                         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
+                         max_position_embeddings=cfg.context, tie_word_embeddings=True,
+                         bos_token_id=bos, eos_token_id=eos)
+    return LlamaForCausalLM(config)
+
+
+def make_optimizer(model: Any, cfg: TrainConfig) -> Any:
+    """AdamW (weight decay 0.01, betas 0.9/0.95), the fused CPU kernel: one pass over each parameter per step."""
+    import torch
+
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95), fused=True)
+
+
+def window_loss(model: Any, batch: Any) -> Any:
+    """Mean next-token cross-entropy (nats) of ``model`` on windows ``batch`` (B, width + 1): inputs are the first
+    ``width`` tokens, targets the last ``width`` (every token of a window is predicted once). Exact, in chunks
+    (``predictors.train_loss``), so the (B x width x V) logits never exist at once."""
+    from .train_loss import chunked_cross_entropy
+
+    hidden = model.model(input_ids=batch[:, :-1]).last_hidden_state
+    return chunked_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), model.lm_head.weight,
+                                 batch[:, 1:].reshape(-1))
+
+
+def train_step(model: Any, opt: Any, batch: Any, lr: float) -> float:
+    """One optimizer step on ``batch``: loss, backward, gradient clipping at norm 1, fused AdamW; returns the loss."""
+    import torch
+
+    for g in opt.param_groups:
+        g["lr"] = lr
+    loss = window_loss(model, batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return float(loss.detach())
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of step ``step`` (0-based): linear warmup over ``cfg.warmup`` steps, then cosine to 10%."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def train_helper(out_dir: Path, cfg: TrainConfig = TrainConfig(), *, target: str | None = None,
+                 on_step: Callable[[int, float], None] | None = None, threads: int | None = None,
+                 checkpoint_every: int = 0, resume: bool = False) -> dict[str, Any]:
+    """Train and save a helper into ``out_dir``; returns its manifest.
+
+    threads: ``torch.set_num_threads`` for the run (None: leave torch's setting); the result is reproducible for a
+    given thread count. checkpoint_every: save a checkpoint every N steps under ``out_dir/checkpoints/``
+    (``predictors.train_checkpoint``); 0 saves none. resume: continue from the latest complete checkpoint of
+    ``out_dir`` (which must have been made with the same config), giving the weights an uninterrupted run gives.
+    Raises ``ValueError`` on a bad config, a config that differs from the checkpoint's, or checkpoints of an earlier
+    run left in ``out_dir`` when not resuming.
+    """
+    import torch
+
     from tasks.target import load_tokenizer
+
+    from . import train_checkpoint as ckpt
 
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.context < 2:
         raise ValueError(f"steps, batch_size must be >= 1 and context >= 2 (got {cfg.steps}, {cfg.batch_size}, "
                          f"{cfg.context})")
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0 (got {checkpoint_every})")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1 (got {threads})")
+        torch.set_num_threads(threads)
+    dest = Path(out_dir)
+    start = ckpt.latest_checkpoint(dest) if resume else None
+    if resume and start is None:
+        raise ValueError(f"nothing to resume: {dest} has no complete checkpoint (train without --resume)")
+    if not resume and ckpt.list_checkpoints(dest):
+        raise ValueError(f"{dest} holds checkpoints of an earlier run: continue it with --resume, or remove "
+                         f"{dest / 'checkpoints'} to start afresh")
     tokenizer, ident = load_tokenizer(target)
     vocab = len(tokenizer)
     train, valid = _streams(cfg, tokenizer, ident.tokenizer_sha256)
-    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, vocab, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    opt = make_optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=cfg.hidden, intermediate_size=4 * cfg.hidden,
-                         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
-                         max_position_embeddings=cfg.context, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    model = LlamaForCausalLM(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-
     vrng = np.random.default_rng(cfg.seed + 1)
     vbatches = [_windows(valid, vrng, cfg.batch_size, cfg.context) for _ in range(cfg.eval_batches)]
 
     def valid_loss() -> float:
         model.eval()
         with torch.inference_mode():
-            losses = [float(model(input_ids=b[:, :-1], labels=b[:, :-1]).loss) for b in vbatches]
+            losses = [float(window_loss(model, b)) for b in vbatches]
         model.train()
         return float(np.mean(losses))
 
     curve: list[dict[str, float]] = []
-    t0 = time.time()
+    first, elapsed = 0, 0.0
+    if start is not None:
+        ck_manifest, state, weights = ckpt.load_checkpoint(start)
+        wanted = json.loads(json.dumps(asdict(cfg)))  # as the manifest holds it (tuples become lists)
+        if ck_manifest.get("config") != wanted:
+            raise ValueError(f"cannot resume from {start}: it was trained with config {ck_manifest.get('config')}, "
+                             f"not {wanted}")
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected or set(missing) - {"lm_head.weight"}:
+            raise ValueError(f"checkpoint {start} does not fit the model: missing {missing}, unexpected {unexpected}")
+        model.tie_weights()
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["window_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        curve, first, elapsed = list(state["curve"]), int(ck_manifest["step"]), float(state["seconds"])
+
+    def manifest_now(seconds: float) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "config": asdict(cfg), "parameters": int(sum(p.numel() for p in model.parameters())),
+            "train_tokens": int(train.size), "valid_tokens": int(valid.size),
+            "tokenizer_sha256": ident.tokenizer_sha256, "trained_with_target_tokenizer_of": ident.name,
+            "seconds": round(seconds, 1), "final_train_loss": float(np.mean([r["train_loss"] for r in curve[-20:]])),
+            "final_valid_loss": next((r["valid_loss"] for r in reversed(curve) if "valid_loss" in r), None),
+            "context": cfg.context, "threads": torch.get_num_threads(),
+        }
+
+    t0 = time.time() - elapsed
     model.train()
-    for step in range(cfg.steps):
+    for step in range(first, cfg.steps):
         batch = _windows(train, rng, cfg.batch_size, cfg.context)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss  # labels are shifted inside the model
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        row = {"step": step + 1, "train_loss": loss.item(), "lr": lr_at(step), "seconds": time.time() - t0}
+        loss = train_step(model, opt, batch, lr_at(cfg, step))
+        row = {"step": step + 1, "train_loss": loss, "lr": lr_at(cfg, step), "seconds": time.time() - t0}
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             row["valid_loss"] = valid_loss()
         curve.append(row)
+        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < cfg.steps:
+            vl = row["valid_loss"] if "valid_loss" in row else valid_loss()
+            state = {"optimizer": opt.state_dict(), "window_rng": rng.bit_generator.state,
+                     "torch_rng": torch.get_rng_state(), "curve": list(curve), "seconds": time.time() - t0}
+            ckpt.save_checkpoint(dest, step + 1, model, tokenizer, {**manifest_now(time.time() - t0), "valid_loss": vl},
+                            state, lambda d: _write_curve(d, curve, vocab))
         if on_step:
             on_step(step + 1, row["train_loss"])
     model.eval()
     # Saved into a fresh folder beside the destination and swapped in whole (tasks.io.replace_dir): retraining a helper
-    # never leaves new weights under an old manifest, and a kill leaves the previous helper as it was.
-    dest = Path(out_dir)
+    # never leaves new weights under an old manifest, and a kill leaves the previous helper as it was. This run's
+    # checkpoints move into the new folder just before the swap.
     out_dir = aside_dir(dest)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     _write_curve(out_dir, curve, vocab)
-    manifest = {
-        "format": FORMAT, "config": asdict(cfg), "parameters": int(sum(p.numel() for p in model.parameters())),
-        "train_tokens": int(train.size), "valid_tokens": int(valid.size), "tokenizer_sha256": ident.tokenizer_sha256,
-        "trained_with_target_tokenizer_of": ident.name, "seconds": round(time.time() - t0, 1),
-        "final_train_loss": float(np.mean([r["train_loss"] for r in curve[-20:]])),
-        "final_valid_loss": curve[-1]["valid_loss"], "context": cfg.context,
-    }
+    manifest = manifest_now(time.time() - t0)
     atomic_write_json(out_dir / MANIFEST, manifest)
     fsync_tree(out_dir)  # save_pretrained and savefig do not fsync
+    if (dest / ckpt.CHECKPOINTS).is_dir():
+        (dest / ckpt.CHECKPOINTS).rename(out_dir / ckpt.CHECKPOINTS)
     replace_dir(out_dir, dest)
     return manifest
 

@@ -30,6 +30,12 @@ def helpers_train(
     layers: Annotated[int, typer.Option(help="Transformer layers.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of initialization and window order.")] = 0,
     target: Annotated[str | None, typer.Option(help="Target whose tokenizer to use (default: SmolLM2).")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch (the result is reproducible per thread count; "
+                                              "on a shared 2-core machine 1 is fastest, see bench/train.py).")] = 1,
+    checkpoint_every: Annotated[int, typer.Option(help="Save a checkpoint (a loadable helper folder) every N steps "
+                                                       "under <helper>/checkpoints/step-NNNNNN; 0: none.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the helper's latest checkpoint (same "
+                                                          "options as the run that wrote it).")] = False,
 ) -> None:
     """Train a small transformer on the corpora's train parts with the target's tokenizer (CPU, minutes)."""
     from predictors.model import trained_helper_dir
@@ -37,11 +43,16 @@ def helpers_train(
 
     cfg = TrainConfig(corpora=tuple(corpus or TrainConfig.corpora), steps=steps, batch_size=batch_size,
                       context=context, hidden=hidden, layers=layers, heads=max(1, hidden // 32), seed=seed)
+    if threads < 1:
+        fail(f"--threads must be >= 1 (got {threads})")
+    if checkpoint_every < 0:
+        fail(f"--checkpoint-every must be >= 0 steps (got {checkpoint_every}; 0 saves no checkpoints)")
     dest = trained_helper_dir(name)
     try:
         with progress() as bar:
             task = bar.add_task(f"training helper {name}", total=steps)
-            manifest = train_helper(dest, cfg, target=target,
+            manifest = train_helper(dest, cfg, target=target, threads=threads, checkpoint_every=checkpoint_every,
+                                    resume=resume,
                                     on_step=lambda s, loss: bar.update(task, completed=s,
                                                                        description=f"training {name} loss {loss:.3f}"))
     except (ValueError, OSError) as e:
@@ -50,6 +61,8 @@ def helpers_train(
               f"{manifest['seconds']:.0f} s, final train loss {manifest['final_train_loss']:.3f}, "
               f"validation {manifest['final_valid_loss']:.3f} nats/token")
     out.print(f"training curve: {dest / 'training_curve.png'}")
+    if (dest / "checkpoints").is_dir():
+        out.print(f"checkpoints: {dest / 'checkpoints'} (each usable as -p model -O path=...)")
     out.print(f"approve it with: logitpred approve tiny-helper -O name={name}")
 
 
