@@ -195,6 +195,10 @@ class TableScorer:
     def greedy(self, free: np.ndarray) -> np.ndarray:
         return self.evaluate(free)[1]
 
+    def log_prob_grad_greedy(self, free: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lp, g = self.log_prob_and_grad(free)  # counts the forward + backward passes
+        return lp, g, self.hit[row_index(self.dist, np.asarray(free, dtype=np.int64))]
+
     def log_prob_and_grad(self, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         free = np.asarray(free, dtype=np.int64)
         r = row_index(self.dist, free)

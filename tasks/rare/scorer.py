@@ -12,7 +12,8 @@ from one teacher-forced pass over ``bos + x + b_j[:-1]`` per member, members bat
 
 ``BehaviourScorer`` evaluates batches of inputs (rows of target token ids of equal length, after ``bos``): ``log_prob``
 (no gradient; a shared prefix's KV cache is computed once and reused for every batch, so an input costs only its own
-positions plus the member's, as exact enumeration needs), ``greedy`` (indicators), and ``log_prob_and_grad``: the
+positions plus the member's, as exact enumeration needs), ``greedy`` (indicators), and ``log_prob_and_grad`` (and
+``log_prob_grad_greedy``, the greedy indicator from the same forward): the
 gradient of ``log P(B | x)`` with respect to the one-hot encoding of each *free* position, ``(n, k, V)``, as importance
 samplers (ITGIS, MHIS) use it. The gradient is taken at the input embeddings and pulled back through the embedding
 module's own output for every vocabulary entry (``grad_onehot = grad_embed @ E^T`` with ``E = embed(arange(V))``), which
@@ -165,6 +166,12 @@ class BehaviourScorer:
     def log_prob_and_grad(self, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(log P(B | x) (n,), d log P(B | x) / d onehot(x) (n, k, V))`` at temperature 1 (module doc). Costs a
         forward and a backward pass per input (no prefix cache: the whole sequence is differentiated)."""
+        lp, grad, _ = self.log_prob_grad_greedy(free)
+        return lp, grad
+
+    def log_prob_grad_greedy(self, free: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``log_prob_and_grad`` plus the greedy indicator ``(n,)`` bool read from the same forward pass (the
+        temperature-0 event costs nothing more than the gradient: a forward and a backward pass per input)."""
         import torch
 
         free = np.asarray(free, dtype=np.int64)
@@ -172,7 +179,7 @@ class BehaviourScorer:
         emb = self.model.get_input_embeddings()
         with torch.no_grad():
             table = emb(torch.arange(emb.weight.shape[0], device=self.device)).float()  # (V, d), scaling included
-        vals, grads = [], []
+        vals, grads, hits = [], [], []
         head = torch.tensor(self.bos + self.prefix, dtype=torch.long)
         for a in range(0, n, self.batch_size):
             x = torch.as_tensor(free[a : a + self.batch_size])
@@ -187,11 +194,12 @@ class BehaviourScorer:
                 seq = torch.cat([e_in, e_fed], dim=1)
                 keep = fed.shape[1] + 1
                 res = self.model(inputs_embeds=seq, logits_to_keep=keep)
-                lp = self._reduce(res.logits, b)[0]
+                lp, hit = self._reduce(res.logits, b)
                 lp.sum().backward()
             g = e_free.grad.float() @ table.T  # (b, k, V)
             vals.append(lp.detach().cpu().numpy())
             grads.append(g.cpu().numpy())
+            hits.append(hit.cpu().numpy())
             self.passes.forward += b
             self.passes.backward += b
-        return np.concatenate(vals), np.concatenate(grads)
+        return np.concatenate(vals), np.concatenate(grads), np.concatenate(hits)

@@ -89,6 +89,12 @@ def test_scorer_matches_the_chain_rule_and_autograd(kind):
         lps.append(lp.gather(-1, torch.tensor(m)[None, :, None].expand(4, -1, 1))[..., 0].double().sum(1))
     torch.logsumexp(torch.stack(lps, 1), 1).sum().backward()
     np.testing.assert_allclose(grad, onehot.grad.numpy(), atol=1e-4, rtol=1e-3)
+    # the greedy indicator read from the gradient's forward equals the cached path's, at no extra pass
+    f0, b0 = sc.passes.forward, sc.passes.backward
+    val2, grad2, hit2 = sc.log_prob_grad_greedy(x)
+    np.testing.assert_array_equal(hit2, ref)
+    np.testing.assert_allclose(val2, got, atol=1e-4)
+    assert (sc.passes.forward - f0, sc.passes.backward - b0) == (len(x), len(x))
 
 
 def test_behaviour_texts_must_tokenize_as_themselves(target):

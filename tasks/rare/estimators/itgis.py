@@ -21,8 +21,8 @@ martingale-difference sequence around P_D(B)), and which batches count is fixed 
 (S = 0), so for a rare event its terms are naive Monte Carlo terms, whose variance (about P / n per term at
 temperature 0) swamps the tilted batches'. Its gradients still adapt the proposal; ``warmup=0`` counts it as ARC does.
 
-Budget: a gradient batch of b inputs costs b forward + b backward passes (+ b forward for the greedy indicator at
-temperature 0). Gradient batches run while the budget still leaves room for one more input after them; the rest of the
+Budget: a gradient batch of b inputs costs b forward + b backward passes (at temperature 0 the greedy indicator is
+read from the gradient's own forward pass, ``scorer.log_prob_grad_greedy``). Gradient batches run while the budget still leaves room for one more input after them; the rest of the
 budget is one last batch from the final proposal, forward only (its gradients would never be used). Minimum budget:
 the warmup batches and one more input.
 
@@ -54,12 +54,12 @@ def itgis(scorer: BehaviourScorer, dist: ProductDistribution, *, budget: int, se
     nats of log P(B | x) per unit of tilt), EMA ``decay`` (d in [0, 1)) and ``warmup`` batches that only adapt.
     Raises ``ValueError`` as ``estimate`` does, for ``batch < 1``, ``tilt_temperature <= 0``, ``decay`` outside
     [0, 1) or ``warmup < 0``, and for a budget that does not cover the warmup batches and one more input
-    (``warmup * batch * (2 or 3) + 1`` passes)."""
+    (``2 * warmup * batch + 1`` passes)."""
     check_common(scorer, dist, budget, temperature)
     if batch < 1 or not tilt_temperature > 0 or not 0 <= decay < 1 or warmup < 0:
         raise ValueError(f"itgis needs batch >= 1, tilt_temperature > 0, 0 <= decay < 1 and warmup >= 0 (got "
                          f"{batch}, {tilt_temperature}, {decay}, {warmup})")
-    per_grad = 3 if temperature == 0 else 2  # passes per input of a gradient batch
+    per_grad = 2  # passes per input of a gradient batch: forward + backward (the greedy indicator comes with them)
     need(budget, warmup * batch * per_grad + 1, "itgis", f"{warmup} warmup batch(es) of {batch} and one more input")
     rng = np.random.default_rng(seed)
     before = snapshot(scorer)
@@ -81,13 +81,13 @@ def itgis(scorer: BehaviourScorer, dist: ProductDistribution, *, budget: int, se
             log_w += logp[i][j] - log_q[j]
         x = np.stack([dist.ids[i][idx[i]] for i in range(dist.k)], axis=1).astype(np.int64)
         if grad_batch:
-            log_f, grad = scorer.log_prob_and_grad(x)
+            log_f, grad, hit = scorer.log_prob_grad_greedy(x)
             for i in range(dist.k):
                 scores[i] = decay * scores[i] + grad[:, i, dist.ids[i]].mean(axis=0)
         else:
-            log_f = scorer.log_prob(x) if temperature == 1 else None
+            log_f, hit = scorer.evaluate(x)
         if temperature == 0:
-            log_f = np.where(scorer.greedy(x), 0.0, -np.inf)
+            log_f = np.where(hit, 0.0, -np.inf)
         if t >= warmup:
             terms.append(log_w + log_f)
             log_w_all.append(log_w)

@@ -21,11 +21,11 @@ It is *consistent* (converges to P_D(B) as the chains run long), not exactly unb
 start from D, not from pi, and a ratio of means is biased by O(1/N). At temperature 1 with T = 1, f e^{-s} = 1 and
 P_hat is the harmonic mean 1 / mean_pi(1 / P(B | x)).
 
-Budget: the chains' starting states cost C forward + C backward passes (+ C forward for the greedy indicator at
-temperature 0); each step then evaluates only the chains whose proposed token differs from the current one (a
+Budget: the chains' starting states cost C forward + C backward passes (at temperature 0 the greedy indicator is
+read from the same forward, ``scorer.log_prob_grad_greedy``); each step then evaluates only the chains whose proposed token differs from the current one (a
 proposal equal to the current state is accepted without running the target), at the same cost per chain. Steps run
 while the budget covers a full step of C chains. States count after ``burn_in`` (a fraction of the budget) is spent.
-Minimum budget: two full steps' worth, 2 C (forward + backward [+ greedy]) passes.
+Minimum budget: two full steps' worth, 2 C (forward + backward) passes.
 
 Uncertainty: the chains are independent, so with per-chain means ``A_c`` (of f e^{-s/T}) and ``B_c`` (of e^{-s/T}),
 the delta-method standard error of a ratio estimator, sd_c(A_c - P_hat B_c) / (mean_c B_c sqrt(C)) (Cochran, Sampling
@@ -55,12 +55,12 @@ def mhis(scorer: BehaviourScorer, dist: ProductDistribution, *, budget: int, see
          chains: int = 8, tilt_temperature: float = 1.0, burn_in: float = 0.2) -> Estimate:
     """MHIS (module doc) with ``chains`` chains, tilt ``tilt_temperature`` (T > 0) and ``burn_in`` in [0, 1) (share of
     the budget spent before states count). Raises ``ValueError`` as ``estimate`` does, for bad options, and for a
-    budget under two full steps (``2 * chains * (2 or 3)`` passes)."""
+    budget under two full steps (``4 * chains`` passes)."""
     check_common(scorer, dist, budget, temperature)
     if chains < 1 or not tilt_temperature > 0 or not 0 <= burn_in < 1:
         raise ValueError(f"mhis needs chains >= 1, tilt_temperature > 0 and 0 <= burn_in < 1 (got {chains}, "
                          f"{tilt_temperature}, {burn_in})")
-    per = 3 if temperature == 0 else 2
+    per = 2  # forward + backward per chain step; the greedy indicator is read from the same forward
     need(budget, 2 * chains * per, "mhis", f"starting {chains} chains and one step")
     rng = np.random.default_rng(seed)
     before = snapshot(scorer)
@@ -69,8 +69,8 @@ def mhis(scorer: BehaviourScorer, dist: ProductDistribution, *, budget: int, see
     pos_of = [{int(v): j for j, v in enumerate(t.tolist())} for t in dist.ids]
 
     def evaluate(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        s, g = scorer.log_prob_and_grad(x)
-        log_f = s if temperature == 1 else np.where(scorer.greedy(x), 0.0, -np.inf)
+        s, g, hit = scorer.log_prob_grad_greedy(x)
+        log_f = s if temperature == 1 else np.where(hit, 0.0, -np.inf)
         return s, g, log_f
 
     x = dist.sample(chains, rng)
