@@ -94,7 +94,7 @@ def report(
         _bad(e)
     from ..versions import render
 
-    out.print(render(rep), markup=False, highlight=False)
+    out.print(render(rep), markup=False, highlight=False, soft_wrap=True)
     out.print(f"report: {rep['dir']}/report.md")
 
 

@@ -158,7 +158,8 @@ def render(report: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for c in report["previous_as_predictor"]:
             if "refused" in c:
-                lines.append(f"| {c['version']} | {c['to']} | {c['suite']} | refused: {c['refused']} | | | | no |")
+                lines.append(f"| {c['version']} | {c['to']} | {c['suite']} | refused: not approved (`logitpred "
+                             f"versions approve FILE {c['from']}`, or --allow-unapproved) | | | | no |")
                 continue
             lines.append(f"| {c['version']} | {c['to']} | {c['suite']} | {_ci(c['version_kl'], 2)} | "
                          f"{_ci(c['baseline_kl'], 2)} | {_ci(c['gain_kl'], 2)} | {c['p_wilcoxon']:.2g} | "
