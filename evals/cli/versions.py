@@ -103,39 +103,41 @@ def approve(
     file: SeriesFile,
     name: Annotated[str, typer.Argument(help="The version to approve (as version:NAME).")],
     approver: Annotated[list[str] | None, typer.Option(help="Approved predictors that predict it (repeat; default: "
-                                                            "the gate team's members, else every level-0 predictor).")]
-    = None,
+                                                            "the team of --config, else of the series' gate, else "
+                                                            "every level-0 predictor).")] = None,
+    config: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
+                                                help="A gate config whose team (members with options, rule) "
+                                                     "predicts the version.")] = None,
     max_kl: Annotated[float, typer.Option(help="Threshold: upper CI bound of sealed mean KL (nats) <= this.")] = 3.0,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
 ) -> None:
-    """Evaluate version NAME as a target with approved predictors; record an approval of version:NAME if every
-    suite passes (then it may predict the next version)."""
+    """Evaluate version NAME as a target with the approved team; record an approval of version:NAME if every suite
+    passes (then it may predict the next version)."""
     from predictors import available
     from predictors.approval import is_level0
     from tasks.versions import VersionsError
 
-    from ..versions import approve_version, load_built
+    from ..gate import load_config
+    from ..versions import approve_version, load_built, team_of
 
     spec = _series(file)
     try:
         spec.version(name)
         built = load_built(spec)
         if approver:
-            approvers = list(approver)
-        elif spec.gate:
-            from ..gate import load_config
-
-            approvers = [m.name for m in load_config(spec.gate).members if not m.options]
+            team = team_of(list(approver), seed=seed)
+        elif config or spec.gate:
+            team = load_config(config or spec.gate)
         else:
-            approvers = [n for n in available() if is_level0(n)]
-        result = approve_version(name, built[name], approvers=approvers, max_kl=max_kl, seed=seed)
+            team = team_of([n for n in available() if is_level0(n)], seed=seed)
+        result = approve_version(name, built[name], team=team, max_kl=max_kl, seed=seed)
     except (VersionsError, ValueError) as e:
         _bad(e)
     for s in result["suites"]:
         for c in s["checks"]:
             out.print(f"{s['suite']}: approver {s['approver']} (best on practice), {c['metric']} {c['estimate']:.3f} "
                       f"[{c['ci'][0]:.3f}, {c['ci'][1]:.3f}], bound {c['bound']:.3f} {c['op']} {c['threshold']}: "
-                      f"{'pass' if c['passed'] else 'FAIL'}")
+                      f"{'pass' if c['passed'] else 'FAIL'}", soft_wrap=True)
     if not result["approved"]:
         out.print(f"version:{name} is NOT approved (identity {result['key']}); nothing recorded")
         raise typer.Exit(1)

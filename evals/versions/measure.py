@@ -12,9 +12,10 @@ predictor of the next against corpus statistics, and the approval of a version.
   ``ngram``) predict v[n+1]'s sealed split; both are scored (run records, sealed submissions counted) and compared
   paired (``evals.leaderboard.paired``: mean of baseline - version KL with a bootstrap CI, Wilcoxon p). An
   unapproved ``version:v[n]`` is refused (the refusal is the row) unless the run opts in, then it is marked.
-- **Approval** of a version (``approve_version``): ``evals.approve.evaluate_suite`` with the version's own truth as
-  the system's output, the approvers' best-on-practice member scored on sealed, thresholds as ``logitpred approve``;
-  a record keyed by ``version:NAME``'s identity is added only if every suite passes.
+- **Approval** of a version (``approve_version``): the approved team (``evals.gate.team_predictions``: members with
+  options, best on practice on the version's practice truth) predicts the version's sealed truth; the bar is
+  ``logitpred approve``'s (upper CI bound of mean KL <= 3.0 nats by default); a record keyed by ``version:NAME``'s
+  identity is added only if every suite passes.
 
 Sealed numbers are released on the holdout grid (``evals.holdout``) wherever a predictor was scored.
 """
@@ -22,7 +23,6 @@ Sealed numbers are released on the holdout grid (``evals.holdout``) wherever a p
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -155,38 +155,66 @@ def compare_previous(prev: str, nxt: Any, baseline: str, *, split: str = "sealed
     return out
 
 
-def approve_version(name: str, vsuites: dict[str, Any], *, approvers: list[str], max_kl: float = 3.0,
-                    seed: int = 0, root: Path | None = None) -> dict[str, Any]:
-    """Evaluate version ``name`` as a target (its own truth on each series suite) with ``approvers`` (each approved,
-    no opt-in); record an approval of ``version:NAME`` if every suite's sealed mean KL upper bound is <= ``max_kl``.
-    Returns ``{"approved", "key", "level", "suites": [...], "record"}``. Raises ``ApprovalError`` for an
-    unapproved approver or a version not registered; a failed evaluation writes nothing to the registry."""
-    from predictors import available
-    from predictors.approval import ApprovalError, ApprovalRecord, add_record, system_identity
+def team_of(names: list[str], *, seed: int = 0) -> Any:
+    """A gate config holding only a team: ``names`` (no options), best on practice; what ``approve_version`` takes
+    when no gate config names the approvers."""
+    from ..gate import GateConfig, Member
 
-    from ..approve import _approver_level, evaluate_suite, parse_thresholds
+    members = tuple(Member(n) for n in names)
+    return GateConfig("approvers", members, "best-on-practice", tuple(1.0 / len(names) for _ in names), (), None, {},
+                      5, seed, "")
+
+
+def approve_version(name: str, vsuites: dict[str, Any], *, team: Any, max_kl: float = 3.0,
+                    seed: int = 0) -> dict[str, Any]:
+    """Evaluate version ``name`` as a target (its own stored truth on each series suite) with the approved ``team``
+    (a ``evals.gate.GateConfig``: members with options, rule; ``team_of`` for plain names), formed by the gate's
+    ``team_predictions`` (best on practice: chosen on the version's practice truth, before its sealed truth is read);
+    record an approval of ``version:NAME`` (level 1 + the highest member level) if on every suite the upper 95% CI
+    bound of the sealed mean KL is <= ``max_kl`` nats. Evidence runs go to ``results/approvals/`` (sealed
+    submissions counted). Returns ``{"approved", "key", "level", "suites": [...], "record"}``. Raises
+    ``ApprovalError`` for a version not built, ``GateConfigError`` for a member that is not approved; a failed
+    evaluation writes nothing to the registry."""
+    from predictors import available
+    from predictors.approval import (
+        ApprovalError,
+        ApprovalRecord,
+        add_record,
+        require_approved,
+        system_identity,
+    )
+    from tasks.paths import results_dir
+
+    from ..gate import team_meta, team_predictions
+    from ..scoring import score
 
     system = f"{PREFIX}{name}"
     if system not in available():
         raise ApprovalError(f"unknown predictor {system!r}: build the series first (`logitpred versions build FILE`)")
-    ident = system_identity(system, {})
-    if not approvers:
+    if not team.members:
         raise ApprovalError("name at least one approver")
-    level = 1 + max(_approver_level(a) for a in approvers)
-    ths = parse_thresholds({"kl_nats": {"max": max_kl}})
+    ident = system_identity(system, {})
+    check_team(team)
+    level = 1 + max(int(require_approved(m.name, m.options, opt_in=None)["level"]) for m in team.members)
     outcomes = []
     for vs in vsuites.values():
-        truth = {s: vs.truth_split(s)[1] for s in ("practice", "sealed")}
-        outcomes.append(evaluate_suite(vs, ident["key"], truth, approvers, ths, seed=seed, root=root))
-    passed = all(o.passed for o in outcomes)
+        preds, decision, _ = team_predictions(team, vs, "sealed")
+        result = score(vs, "sealed", preds, predictor={**team_meta(team, decision), "approving": ident["key"]},
+                       seed=seed, strict=True, results_root=results_dir() / "approvals")
+        est, low, high = result.summary["metrics"]["kl_nats"]["mean"]
+        check = {"metric": "kl_nats", "statistic": "mean", "estimate": est, "ci": [low, high], "bound": high,
+                 "op": "<=", "threshold": max_kl, "passed": bool(high <= max_kl)}
+        outcomes.append({"suite": vs.name, "approver": decision.get("chosen", "mixture"),
+                         "practice_kl": decision.get("practice_kl_mean"), "checks": [check],
+                         "run_dir": str(result.run_dir)})
+    passed = all(o["checks"][0]["passed"] for o in outcomes)
     record = None
     if passed:
         record = add_record(ApprovalRecord(
             key=ident["key"], system={"name": system, "options": {}}, identity=ident, level=level,
             suites=[{"name": vs.name, "version": vs.version, "commitment": vs.commitment} for vs in vsuites.values()],
             thresholds={"kl_nats.mean.max": max_kl},
-            scores={o.suite: {"approver": o.approver, "checks": o.checks} for o in outcomes},
-            evidence=[o.run_dir for o in outcomes], approvers=list(approvers)))
-    return {"approved": passed, "key": ident["key"], "level": level, "record": dataclasses.asdict(record)
-            if record else None, "suites": [{"suite": o.suite, "approver": o.approver, "checks": o.checks,
-                                             "practice_kl": o.practice_kl, "run_dir": o.run_dir} for o in outcomes]}
+            scores={o["suite"]: {"approver": o["approver"], "checks": o["checks"]} for o in outcomes},
+            evidence=[o["run_dir"] for o in outcomes], approvers=[m.label for m in team.members]))
+    return {"approved": passed, "key": ident["key"], "level": level, "suites": outcomes,
+            "record": dataclasses.asdict(record) if record else None}

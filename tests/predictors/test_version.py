@@ -52,17 +52,17 @@ def test_version_never_predicts_itself(built):
 
 
 def test_approval_is_bound_to_precision_and_quantization(built):
-    from evals.versions import approve_version
+    from evals.versions import approve_version, team_of
     from predictors.approval import ApprovalError, require_approved, system_identity
 
     keys = {n: system_identity(f"version:{n}")["key"] for n in ("f32", "bf16", "int8")}
     assert len(set(keys.values())) == 3
     assert system_identity("version:q/f32")["key"] == keys["f32"]  # the qualified name is the same system
-    failed = approve_version("f32", built["f32"], approvers=["uniform"], max_kl=0.5)
+    failed = approve_version("f32", built["f32"], team=team_of(["uniform"]), max_kl=0.5)
     assert not failed["approved"] and failed["record"] is None
     with pytest.raises(ApprovalError):
         require_approved("version:f32", opt_in=None)
-    result = approve_version("f32", built["f32"], approvers=["uniform", "unigram"], max_kl=50.0)
+    result = approve_version("f32", built["f32"], team=team_of(["uniform", "unigram"]), max_kl=50.0)
     assert result["approved"] and result["level"] == 1 and result["key"] == keys["f32"]
     assert require_approved("version:f32", opt_in=None)["approval_key"] == keys["f32"]
     with pytest.raises(ApprovalError, match="version:int8"):
