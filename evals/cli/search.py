@@ -80,7 +80,7 @@ def _reference(spec: str, target: Any, template: Any, allow_unapproved: bool) ->
         h = load_helper(MODEL_PREDICTORS[name]({}))
     except (ApprovalError, HelperError) as e:
         fail(f"--reference {spec!r} is neither the target nor an approved helper: {e}")
-    ident = {"kind": "helper", "name": name, **h.identity, **approval}
+    ident = {"kind": "helper", **h.identity, "predictor": name, **approval}
     same = h.identity["tokenizer_sha256"] == target.identity.tokenizer_sha256
     is_target = h.identity["weights_sha256"] == target.identity.weights_sha256
     return Reference(h.model, h.tokenizer, h.bos_ids, ident, template, is_target=is_target, same_tokenizer=same), \

@@ -13,7 +13,8 @@ to read): ``behaviour``, ``members`` (target token ids of o), ``method``, ``lamb
 (prefix + free, target tokens, no BOS), ``prompt_text`` (its decoding, which re-encodes to ``prompt_ids``),
 ``free_text``, ``log_p`` (log P(o | prompt), natural log), ``ref_logprob`` (log P_R(free | prefix)), ``ref_tokens``,
 ``ref_per_token``, ``objective`` (J_λ), ``greedy_is_behaviour`` (greedy decoding after the prompt starts with a member
-of o), ``found_at`` (target passes the run had spent when it was evaluated), ``reference`` (R's kind, name, id) and
+of o), ``found_at`` (target passes the run had spent when it was evaluated), ``reference`` (R's kind, name and id; a
+helper's predictor name and whether it is approved) and
 ``target`` (the target's id).
 """
 
@@ -76,7 +77,7 @@ def record(sb: SearchBehaviour, obj: Objective, method: str, free: Sequence[int]
             "log_p": float(sc.log_p[i]), "ref_logprob": float(sc.ref[i]), "ref_tokens": int(sc.ref_tokens[i]),
             "ref_per_token": float(sc.ref_per_token[i]), "objective": float(sc.value[i]),
             "greedy_is_behaviour": bool(sc.greedy[i]), "found_at": obj.spent(),
-            "reference": {k: ident.get(k) for k in ("kind", "name", "id")}, "target": target_id}
+            "reference": {k: ident[k] for k in ("kind", "name", "id", "predictor", "approved") if k in ident}, "target": target_id}
 
 
 def settings(behaviours: Sequence[SearchBehaviour], template: Template, method: str, options: dict[str, Any],
