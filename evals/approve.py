@@ -90,10 +90,18 @@ def parse_thresholds(obj: dict[str, Any]) -> tuple[Any, ...]:
         raise ApprovalError(str(e)) from e
 
 
+def approver_spec(approver: str) -> tuple[str, dict[str, Any]]:
+    """An approver given as a predictor name or as ``name:{json options}`` (``model:{"path": "..."}``): (name, options)."""
+    from predictors.composite import parse_member
+
+    _, sep, rest = approver.partition(":")
+    return parse_member(approver) if sep and rest.lstrip().startswith("{") else (approver, {})
+
+
 def _approver_level(name: str) -> int:
     """An approver's level (0, or its record's); ``ApprovalError`` if it is not approved (approvers have no opt-in)."""
     try:
-        return int(require_approved(name, opt_in=None)["level"])
+        return int(require_approved(*approver_spec(name), opt_in=None)["level"])
     except ApprovalError as e:
         raise ApprovalError(f"approver {name!r} is not approved itself: {e}") from e
 
@@ -154,7 +162,7 @@ def evaluate_suite(suite: Any, key: str, truth: dict[str, np.ndarray], approvers
     nxt = {s: np.array([p.next_token_id for p in suite.prompts(s)]) for s in ("practice", "sealed")}
     practice, built, approval = {}, {}, {}
     for a in approvers:
-        built[a], approval[a] = create_with_approval(a, ctx)  # approvers must be approved: no opt-in
+        built[a], approval[a] = create_with_approval(approver_spec(a)[0], ctx, approver_spec(a)[1])  # no opt-in
         q = _dense(suite, "practice", built[a])
         practice[a] = float(score_matrix(truth["practice"], q, nxt["practice"])["kl_nats"].mean())
     chosen = min(approvers, key=lambda a: practice[a])  # ties: the first listed
@@ -208,7 +216,7 @@ def approve(name: str, options: dict[str, Any] | None = None, suites: Sequence[s
         raise ApprovalError(f"unknown predictor {name!r}; available: {', '.join(known)}")
     approvers = list(approvers) if approvers else [n for n in known if is_level0(n)]
     for a in approvers:
-        if a not in known:
+        if approver_spec(a)[0] not in known:
             raise ApprovalError(f"unknown approver {a!r}; available: {', '.join(known)}")
     level = 1 + max(_approver_level(a) for a in approvers)
     outcome = Outcome(name, options, ident, level)

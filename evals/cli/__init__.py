@@ -24,7 +24,7 @@ import typer
 app = typer.Typer(help="logitpred: can you predict a language model's next-token distribution without running it?",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
-GROUPS = ("suite", "predict", "score", "predictors", "gate", "helpers", "human", "rare", "versions", "search")
+GROUPS = ("suite", "predict", "score", "predictors", "gate", "helpers", "human", "rare", "versions", "search", "ladder")
 for _group in GROUPS:
     importlib.import_module(f"{__name__}.{_group}").register(app)
 
