@@ -87,10 +87,15 @@ def series_report(spec: SeriesSpec, *, allow_unapproved: bool = False, seed: int
     """Measure a built series (see the module doc) and write its report; return the report dict (with ``dir``).
     Raises ``VersionsError`` for a series not built, ``GateConfigError`` for a bad gate config or an unapproved
     team member, ``HoldoutError``-derived refusals are recorded per version (verdict REFUSED)."""
+    from predictors.approval import is_level0
+
     from ..gate import DISCLAIMER, load_config
     from .measure import check_team
 
     say = on_stage or (lambda s: None)
+    if compare and not is_level0(spec.baseline):
+        raise VersionsError(f"{spec.path}: baseline: {spec.baseline!r} is not a level-0 predictor (corpus statistics, "
+                            "e.g. ngram, mixture, unigram)")
     built = load_built(spec)
     cfg = load_config(spec.gate) if (gate and spec.gate) else None
     if cfg is not None:
