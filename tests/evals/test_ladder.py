@@ -1,5 +1,6 @@
-"""``logitpred ladder`` on two tiny rungs: rung 1 approved at level 1 by level 0, rung 2 at level 2 by a team that
-includes rung 1, the chain written with its evidence; a rerun reuses what is done; a failed rung stops the ladder."""
+"""``logitpred ladder`` on two tiny rungs: rung 1 approved at level 1 by level 0, its composite with unigram approved
+as a composite, rung 2 approved by a team that includes both, the chain written with its evidence; a rerun reuses
+what is done; a failed rung stops the ladder; bad configs name the key."""
 
 from __future__ import annotations
 
@@ -42,15 +43,20 @@ def test_two_rungs_form_a_chain(registry, tiny_suite, tmp_path):
     from predictors.approval import load_records
     from predictors.model import trained_helper_dir
 
-    cfg = load_ladder(_config(tmp_path, "t", 50.0))
+    cfg = load_ladder(_config(tmp_path, "t", 50.0, composites=[{"name": "mixture", "members": ["unigram"]}]))
     result = run_ladder(cfg)
-    assert result.complete and [e["rung"] for e in result.chain] == ["a", "b"]
-    first, second = result.chain
+    assert result.complete and [(e["step"], e["rung"]) for e in result.chain] == [
+        ("rung", "a"), ("composite", "a"), ("rung", "b"), ("composite", "b")]
+    first, composite, second, _ = result.chain
     rung_a = as_approver("model", {"path": str(trained_helper_dir("t-a"))})
     assert first["level"] == 1 and first["approvers"] == ["uniform", "unigram"]
-    assert second["level"] == 2 and second["approvers"] == ["uniform", "unigram", rung_a]
+    # the composite of rung a is approved as a composite, by the team that includes rung a, before it joins the team
+    assert composite["system"] == {"name": "mixture", "options": {"members": ["unigram", rung_a]}}
+    assert composite["level"] == 2 and composite["approvers"] == ["uniform", "unigram", rung_a]
+    team_b = ["uniform", "unigram", rung_a, as_approver("mixture", composite["system"]["options"])]
+    assert second["level"] == 3 and second["approvers"] == team_b
     records = {r.key: r for r in load_records()}
-    assert records[second["record"]].approvers == second["approvers"] and records[second["record"]].level == 2
+    assert records[second["record"]].approvers == second["approvers"] and records[second["record"]].level == 3
     assert records[first["record"]].level == 1
     for e in result.chain:
         assert e["evidence"] and all(Path(d).is_dir() for d in e["evidence"]) and Path(e["report"]).is_file()
@@ -59,8 +65,8 @@ def test_two_rungs_form_a_chain(registry, tiny_suite, tmp_path):
     assert read_json(Path(result.path))["chain"] == json.loads(json.dumps(result.chain))
     again = run_ladder(cfg)  # nothing retrained or re-approved; the records are the same
     assert again.complete and all(e["reused"] for e in again.chain)
-    assert [e["record"] for e in again.chain] == [first["record"], second["record"]]
-    assert len(load_records()) == 2
+    assert [e["record"] for e in again.chain] == [e["record"] for e in result.chain]
+    assert len(load_records()) == 4
     code = runner.invoke(app, ["ladder", str(tmp_path / "t.yaml")])
     assert code.exit_code == 0 and "COMPLETE" in code.output
 
