@@ -8,8 +8,9 @@ hash>``) holds
 - ``state.json``: the search state, written atomically after every step; running the same command again resumes it
   (a folder holding a search with other settings is refused, exit 2);
 - ``frontier.jsonl``: per behaviour, the Pareto frontier of log P(o | x) against per-token log P_R(x) over every prompt
-  evaluated; ``best.jsonl``: the best prompt per (behaviour, λ) among every prompt the search evaluated; records as ``tasks.search.driver`` describes them
-  (prompt ids and text, λ, method, both objective terms, greedy continuation == o, reference and target identity);
+  evaluated; ``best.jsonl``: the best prompt per (behaviour, λ) among every prompt the search evaluated; records as
+  ``tasks.search.driver`` describes them (prompt ids and text, λ, method, both objective terms, greedy continuation
+  == o, reference and target identity);
 - ``frontier.png``: the frontiers, best prompt per λ marked; ``run.json``: versions, seeds, settings and file hashes.
 
 Exit codes: 0 done; 2 bad input, named: a behaviour empty after tokenization, a template longer than the target's

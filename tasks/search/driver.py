@@ -77,7 +77,8 @@ def record(sb: SearchBehaviour, obj: Objective, method: str, free: Sequence[int]
             "log_p": float(sc.log_p[i]), "ref_logprob": float(sc.ref[i]), "ref_tokens": int(sc.ref_tokens[i]),
             "ref_per_token": float(sc.ref_per_token[i]), "objective": float(sc.value[i]),
             "greedy_is_behaviour": bool(sc.greedy[i]), "found_at": obj.spent(),
-            "reference": {k: ident[k] for k in ("kind", "name", "id", "predictor", "approved") if k in ident}, "target": target_id}
+            "reference": {k: ident[k] for k in ("kind", "name", "id", "predictor", "approved") if k in ident},
+            "target": target_id}
 
 
 def settings(behaviours: Sequence[SearchBehaviour], template: Template, method: str, options: dict[str, Any],
@@ -185,7 +186,8 @@ def results(state: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str,
     """``(frontier records of every behaviour, the best record per (behaviour, λ))`` of a state, in the settings'
     order. The best prompt at λ is the maximiser of J_λ over *everything the search evaluated* for the behaviour (all
     its λ runs pool their prompts; the maximiser lies on the frontier, ``tasks.search.frontier``): its record's
-    ``lambda`` and ``objective`` are those of the λ it is best for, ``found_by_lambda`` the λ of the run that found it.
+    ``lambda`` and ``objective`` are those of the λ it is best for, ``found_by_lambda`` the λ of the run that found
+    it.
     Ties go to the more plausible prompt."""
     front, best = [], []
     for b in state["settings"]["behaviours"]:

@@ -32,8 +32,8 @@ import numpy as np
 class Reference:
     """R: ``model`` (a causal LM), its ``tokenizer`` and ``bos`` ids, ``identity`` (recorded with every result; must
     hold ``"kind"``: ``"target"`` or ``"helper"``), and the target's ``template`` (``tasks.search.template``).
-    ``is_target``: R is the target model itself (its passes are target passes). ``same_tokenizer``: R scores the target's
-    ids directly (module doc); decided by the caller from the tokenizers' sha256."""
+    ``is_target``: R is the target model itself (its passes are target passes). ``same_tokenizer``: R scores the
+    target's ids directly (module doc); decided by the caller from the tokenizers' sha256."""
 
     def __init__(self, model: Any, tokenizer: Any, bos: Sequence[int], identity: dict[str, Any], template: Any, *,
                  is_target: bool, same_tokenizer: bool, batch_size: int = 32) -> None:

@@ -55,7 +55,8 @@ class Template:
             text = self.text(row)
             if encode_text(self.tokenizer, text) != ids:
                 continue
-            if behaviour_text is not None and encode_text(self.tokenizer, text + behaviour_text) != ids + list(member or []):
+            follows = ids + list(member or [])
+            if behaviour_text is not None and encode_text(self.tokenizer, text + behaviour_text) != follows:
                 continue
             out[r] = True
         return out

@@ -1,6 +1,6 @@
-"""`logitpred search` on the real SmolLM2 with a tiny budget: the results folder (frontier.jsonl, best.jsonl, state.json,
-frontier.png, run.json) is complete and consistent; running the command again resumes a finished search without
-changing it; a process killed (SIGKILL) right after its first step, run again, ends in the same state as the
+"""`logitpred search` on the real SmolLM2 with a tiny budget: the results folder (frontier.jsonl, best.jsonl,
+state.json, frontier.png, run.json) is complete and consistent; running the command again resumes a finished search
+without changing it; a process killed (SIGKILL) right after its first step, run again, ends in the same state as the
 uninterrupted run; bad inputs exit 2 naming the cause."""
 
 from __future__ import annotations

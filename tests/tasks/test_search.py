@@ -47,8 +47,9 @@ def _search(target, tmp_path, method, *, lambdas=(0.0, 1.0), budget=24, on_progr
 def states(target, tmp_path_factory):
     """One small search per method (two λ runs each)."""
     tmp = tmp_path_factory.mktemp("search")
-    return {m: _search(target, tmp, m, **opts)[0] for m, opts in
-            (("gcg", {"search_width": 8}), ("random", {"search_width": 8}), ("beam", {"beam_width": 2, "proposals": 4}))}
+    methods = (("gcg", {"search_width": 8}), ("random", {"search_width": 8}),
+               ("beam", {"beam_width": 2, "proposals": 4}))
+    return {m: _search(target, tmp, m, **opts)[0] for m, opts in methods}
 
 
 def test_gcg_raises_log_p_over_its_random_initial_prompt(target, states):
