@@ -46,8 +46,6 @@ def _behaviours(text: str | None, file: Path | None, tokenizer: Any) -> list[Any
     from tasks.trajectory.behaviours import parse_behaviours
     from tasks.truth import SuiteError
 
-    if (text is None) == (file is None):
-        fail("give exactly one of --behaviour TEXT and --behaviours FILE")
     try:
         if text is not None:
             return [behaviour_from_text("behaviour", text, tokenizer)]
@@ -157,6 +155,8 @@ def search(
     from .. import records
 
     grid = _lambdas(lambdas)
+    if (behaviour is None) == (behaviours is None):
+        fail("give exactly one of --behaviour TEXT and --behaviours FILE")
     if reference != "target" and not reference.startswith("helper:"):
         fail(f"--reference {reference!r}: use 'target' or 'helper:NAME' (an approved helper model)")
     opts = parse_options(options)

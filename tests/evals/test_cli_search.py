@@ -90,3 +90,12 @@ def test_bad_input_exits_2_naming_the_cause(target, tmp_path, args, cause):
     assert res.exit_code == 2, res.output
     assert cause in " ".join(res.output.split()), res.output
     assert not (tmp_path / "bad" / "state.json").exists()
+
+
+def test_behaviour_file_errors_exit_2(target, tmp_path):
+    bad = tmp_path / "b.jsonl"
+    bad.write_text('{"id": "ok", "text": " Paris"}\n{"id": "empty", "text": ""}\n')
+    res = _run("--behaviours", str(bad), "--out", str(tmp_path / "bad"))
+    assert res.exit_code == 2 and "line 2" in res.output and "non-empty" in res.output, res.output
+    res = _run("--behaviours", str(bad), "--behaviour", " Paris", "--out", str(tmp_path / "bad"))
+    assert res.exit_code == 2 and "exactly one of --behaviour" in " ".join(res.output.split()), res.output
