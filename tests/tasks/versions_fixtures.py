@@ -48,11 +48,12 @@ def quant_series(tiny_suite):
 
 
 def bad_series(folder: Path, model: str) -> Path:
-    """A series file whose second version is ``model`` (path), after the float32 reference."""
+    """A series file whose first version is ``model`` (path), before the float32 reference (first, so a bad rung
+    fails before any other version's truth is computed)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "bad.yaml"
-    path.write_text(f"version: 1\nname: bad\nsuites: [tiny]\nversions:\n  - {{name: f32, preset: 'smollm2:float32'}}\n"
-                    f"  - {{name: rung2, model: '{model}'}}\n")
+    path.write_text(f"version: 1\nname: bad\nsuites: [tiny]\nversions:\n  - {{name: rung2, model: '{model}'}}\n"
+                    "  - {name: f32, preset: 'smollm2:float32'}\n")
     return path
 
 
