@@ -94,3 +94,15 @@ def test_bad_series_file_exits_2(tmp_path):
     assert code == 2 and "version 'a' is listed twice" in out
     code, out = invoke("versions", "approve", path.with_name("nope.yaml"), "a")
     assert code == 2
+
+
+def test_version_predictor_through_the_ordinary_commands(series, tmp_path):
+    # tiny's target is the float32 version: it may not predict itself
+    code, out = invoke("predict", "-p", "version:f32", "--suite", "tiny", "--split", "practice", "--out",
+                       tmp_path / "p.jsonl", "--allow-unapproved")
+    assert code == 2 and "may never run the target" in out
+    # an unapproved version is refused, then runs exploratory with the opt-in, marked unapproved
+    code, out = invoke("run", "-p", "version:bf16", "--suite", "tiny", "--split", "practice")
+    assert code == 2 and "version:bf16" in out
+    code, out = invoke("run", "-p", "version:bf16", "--suite", "tiny", "--split", "practice", "--allow-unapproved")
+    assert code == 0 and "unapproved" in out
