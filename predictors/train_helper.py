@@ -144,6 +144,21 @@ def train_helper(out_dir: Path, cfg: TrainConfig = TrainConfig(), *, target: str
     """
     import torch
 
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 (got {threads})")
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _train(Path(out_dir), cfg, target, on_step, checkpoint_every, resume)
+    finally:
+        torch.set_num_threads(before)  # the caller's setting, for what it runs next (e.g. an approval)
+
+
+def _train(dest: Path, cfg: TrainConfig, target: str | None, on_step: Callable[[int, float], None] | None,
+           checkpoint_every: int, resume: bool) -> dict[str, Any]:
+    import torch
+
     from tasks.target import load_tokenizer
 
     from . import train_checkpoint as ckpt
@@ -153,11 +168,6 @@ def train_helper(out_dir: Path, cfg: TrainConfig = TrainConfig(), *, target: str
                          f"{cfg.context})")
     if checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0 (got {checkpoint_every})")
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1 (got {threads})")
-        torch.set_num_threads(threads)
-    dest = Path(out_dir)
     start = ckpt.latest_checkpoint(dest) if resume else None
     if resume and start is None:
         raise ValueError(f"nothing to resume: {dest} has no complete checkpoint (train without --resume)")
