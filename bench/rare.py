@@ -45,7 +45,7 @@ the estimators would take, and no timing is claimed for them.
     .venv/bin/python bench/rare.py                         # the full grid (hours on 2 CPU cores)
     .venv/bin/python bench/rare.py --distributions hex --behaviours 4 --seeds 3   # a subset
     .venv/bin/python bench/rare.py --no-grid               # the Jones et al. protocol only
-        [--budgets 256,1024,4096] [--estimators naive,itgis,mhis] [--temperatures 1,0] [--reference FILE]
+        [--budgets 256,1024,4096] [--estimators naive,itgis,mhis,search_is] [--temperatures 1,0] [--reference FILE]
         [--data DIR] [--threads N] [--no-pool] [--draws 1000] [--pool-behaviours 6] [--out FILE]
 
 The reference record is read (never written) from the repository's ``.logitpred/rare/<spec sha16>-<target id>/``
@@ -154,7 +154,9 @@ def enumerate_table(target: Any, dist: Any, tokens: list[int], path: Path, *, ba
 
 class TableScorer:
     """A ``BehaviourScorer`` for one single-token behaviour whose forward answers come from an exact per-input table
-    and whose gradients come from the real scorer, remembered per input (module doc). Counts passes as the real one."""
+    and whose gradients come from the real scorer, remembered per input (module doc). Counts passes as the real one.
+    It offers what every registered estimator calls: ``evaluate``, ``log_prob``, ``greedy``, ``log_prob_and_grad``,
+    ``log_prob_grad_greedy``, ``passes``, ``prefix``, ``members``, ``batch_size``."""
 
     def __init__(self, real: Any, dist: Any, lp: np.ndarray, argmax: np.ndarray, token: int, grad_path: Path) -> None:
         from tasks.rare.scorer import Passes
@@ -182,14 +184,33 @@ class TableScorer:
                  g=np.stack([self.memo[r][1] for r in rows.tolist()]))
         os.replace(tmp, self.grad_path)
 
+    def fill_lp(self) -> None:
+        """A greedy-only behaviour's log P(t | x) column, from the real scorer over the whole support (one forward per
+        input, prefix cache reused; not counted on this scorer's passes), cached beside the gradients. Run the first
+        time ``evaluate`` is called: ``search_is`` ranks the inputs its search evaluates by log P(B | x) at both
+        temperatures, as the real ``BehaviourScorer.evaluate`` returns it."""
+        path = self.grad_path.with_name(self.grad_path.stem + "-lp.npz")
+        if path.is_file():
+            with np.load(path) as z:
+                self.lp = z["lp"].astype(np.float64)
+            return
+        t0 = time.time()
+        self.lp = np.concatenate([self.real.evaluate(x)[0] for x, _ in self.dist.enumerate(256)])
+        print(f"  token {self.token}: log P column of the {len(self.lp)} inputs from the real scorer, "
+              f"{time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, lp=self.lp)
+        os.replace(tmp, path)
+
     def evaluate(self, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.lp is None:
+            self.fill_lp()
         r = row_index(self.dist, free)
         self.passes.forward += len(r)
-        return (self.lp[r] if self.lp is not None else np.full(len(r), np.nan)), self.hit[r]
+        return self.lp[r], self.hit[r]
 
     def log_prob(self, free: np.ndarray) -> np.ndarray:
-        if self.lp is None:
-            raise RuntimeError(f"token {self.token}: no table of log P (a greedy-only behaviour)")
         return self.evaluate(free)[0]
 
     def greedy(self, free: np.ndarray) -> np.ndarray:
@@ -578,6 +599,11 @@ def main() -> None:
     ap.add_argument("--pool-high", type=float, default=1e-2)
     ap.add_argument("--pool-seed", type=int, default=0)
     args = ap.parse_args()
+    from tasks.rare.estimators import REGISTRY
+
+    unknown = [e for e in args.estimators if e not in REGISTRY]
+    if unknown:
+        sys.exit(f"unknown estimator(s) {unknown}: --estimators takes names of {sorted(REGISTRY)}")
     if "naive" in args.estimators:
         args.estimators = ["naive"] + [e for e in args.estimators if e != "naive"]
     os.environ.setdefault("LOGITPRED_MODEL_CACHE", str(REPO / ".logitpred" / "models"))

@@ -14,7 +14,9 @@ Two phases, both paid from one budget of target passes (``BehaviourScorer.passes
    each position's ``topk`` best, scored in one batched forward (``scorer.evaluate``); the best replaces the chain's
    input when it improves. A step costs 2 passes for the gradient (forward + backward; taken once per chain input,
    reused while the input stays) plus 1 per new candidate (inputs evaluated before are not paid again). The chains
-   round-robin while the search budget pays for a step (or until ``STALLS`` steps in a row find nothing new).
+   round-robin while the search budget pays for a step; a chain whose step finds nothing new and no better input (a
+   local maximum whose sampled neighbours are all known) restarts from a fresh draw of D, so the search budget is
+   spent (``STALLS`` steps in a row that evaluate nothing new end the search: a small support is exhausted).
    Why not ``tasks.search.run_search`` itself: its template filters *texts* that re-tokenize and its plausibility term
    is a reference model R, while D's inputs are token ids with an exact prior (here ``log p_D`` plays R's part with
    λ = 1 and no per-token division); it also needs a loaded ``Target`` and writes a state file. The step is the same.
@@ -66,6 +68,7 @@ class _Search:
         self.logp = [np.log(p) for p in dist.probs]
         self.pos = [{int(v): j for j, v in enumerate(t.tolist())} for t in dist.ids]
         self.seen: dict[tuple[int, ...], tuple[float, float, bool]] = {}  # x -> (score s, log P(B | x), hit)
+        self.restarts = 0  # chains restarted from a local maximum
 
     def log_prior(self, x: np.ndarray) -> np.ndarray:
         return np.sum([self.logp[i][[self.pos[i][int(v)] for v in x[:, i]]] for i in range(self.dist.k)], axis=0)
@@ -115,9 +118,14 @@ class _Search:
             xs = np.asarray(new, dtype=np.int64)
             lp, hit = self.scorer.evaluate(xs)
             self.remember(xs, lp, hit)
+        moved = False
         for r in dict.fromkeys(tuple(r) for r in cand.tolist()):
             if self.seen[r][0] > chain["s"]:
                 chain["x"], chain["s"], chain["grad"] = np.asarray(r, dtype=np.int64), self.seen[r][0], None
+                moved = True
+        if not new and not moved:  # a local maximum whose neighbours are all known: restart from a draw of D
+            chain.update(x=self.dist.sample(1, self.rng)[0], s=-math.inf, grad=None)
+            self.restarts += 1
         return self.scorer.passes.total - before
 
     def elites(self, m: int) -> list[tuple[int, ...]]:
@@ -218,6 +226,7 @@ def search_is(scorer: BehaviourScorer, dist: ProductDistribution, *, budget: int
                               "search_width": search_width, "topk": topk, "elite": elite, "alpha": alpha, "rho": rho,
                               "shape": shape},
                     details={"search_passes": searched.total, "search_steps": steps,
+                             "search_restarts": search.restarts,
                              "search_evaluated": len(search.seen),
                              "search_hits": sum(v[2] for v in search.seen.values()),
                              "best_log_p": best[1] if best else None, "elites": elites.tolist(),
