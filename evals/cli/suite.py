@@ -51,6 +51,16 @@ def suite_build(
     behaviours: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, readable=True,
                                                     help="JSONL of {\"id\", \"text\"}: given continuations applied "
                                                     "to every prompt; needs --continuation.")] = None,
+    from_search: Annotated[list[Path] | None, typer.Option(
+        "--from-search", exists=True, file_okay=False, help="A `logitpred search` results folder (repeat for "
+        "several): build a found suite of the prompts it found (role: shifted; docs/gap.md). --corpus names the "
+        "train text (default wiki).")] = None,
+    min_plausibility: Annotated[float | None, typer.Option(help="With --from-search: keep found prompts whose "
+                                                           "per-token log P_R(x) is at least this (nats; default "
+                                                           "-6.0).")] = None,
+    ordinary: Annotated[str | None, typer.Option(help="With --from-search: the ordinary suite the predictability "
+                                                 "gap compares with (default: the corpus, when it is a preset).")]
+    = None,
     rebuild: Annotated[bool, typer.Option(help="Rebuild even if an identical suite exists.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Documents per forward pass for truth.")] = 8,
     device: DeviceOpt = "cpu",
@@ -67,6 +77,14 @@ def suite_build(
     from tasks import PRESETS, CorpusError, SuiteConfig, SuiteError, TargetError, build_suite, load_target
     from tasks import load_suite as load
 
+    if from_search:
+        return _build_found(name, from_search, corpus=corpus, target=target, practice=practice, sealed=sealed,
+                            seed=seed, heldout_fraction=heldout_fraction, min_context=min_context,
+                            continuation=continuation, samples=samples, behaviours=behaviours,
+                            min_plausibility=min_plausibility, ordinary=ordinary, rebuild=rebuild,
+                            batch_size=batch_size, device=device, dtype=dtype, backend=backend, workers=workers)
+    if min_plausibility is not None or ordinary is not None:
+        fail("--min-plausibility and --ordinary apply to found suites only: give --from-search RESULTS")
     base = PRESETS.get(name)
     if base is None and corpus is None:
         fail(f"{name!r} is not a preset ({', '.join(PRESETS)}); give --corpus to build a new suite")
@@ -103,6 +121,48 @@ def suite_build(
     if trajectory:
         out.print(f"trajectory commitment (publish it; covers the sealed continuations and their truth): "
                   f"[bold]{trajectory}[/]")
+
+
+def _build_found(name: str, folders: list[Path], *, corpus: str | None, target: str | None, practice: int | None,
+                 sealed: int | None, seed: int | None, heldout_fraction: float | None, min_context: int | None,
+                 continuation: int | None, samples: int | None, behaviours: Path | None,
+                 min_plausibility: float | None, ordinary: str | None, rebuild: bool, batch_size: int, device: str,
+                 dtype: str, backend: str, workers: int | None) -> None:
+    """``suite build NAME --from-search RESULTS...``: a found suite (``tasks.found``), its truth and commitment."""
+    from tasks import PRESETS, SuiteError, TargetError, load_target
+    from tasks.found import DEFAULT_MIN_PLAUSIBILITY, build_found_suite
+
+    if name in PRESETS:
+        fail(f"{name!r} is a preset suite: give the found suite a name of its own (e.g. {name}-found)")
+    if behaviours is not None or min_context is not None:
+        fail("--behaviours and --min-context do not apply with --from-search: the behaviours and prompts come from "
+             "the search")
+    if samples and not continuation:
+        fail("--samples needs --continuation M (a trajectory found suite)")
+    if min_plausibility is not None and min_plausibility != min_plausibility:
+        fail("--min-plausibility must be a number (nats per token), e.g. -6")
+    defaults = PRESETS["wiki"]
+    try:
+        with console.status("loading target model"):
+            tgt = load_target(target, device=device, dtype=dtype)
+        suite = build_found_suite(
+            name, folders, tgt.tokenizer, tgt.identity, tgt.vocab_size, corpus=corpus or "wiki",
+            seed=defaults.seed if seed is None else seed,
+            heldout_fraction=heldout_fraction or defaults.heldout_fraction,
+            min_plausibility=DEFAULT_MIN_PLAUSIBILITY if min_plausibility is None else min_plausibility,
+            practice=practice, sealed=sealed, continuation=continuation or 0, samples=samples or 0,
+            ordinary=ordinary)
+        compute_truth(suite, tgt, rebuild=rebuild, batch_size=batch_size, backend=backend, workers=workers)
+        trajectory = build_trajectories(suite, tgt, rebuild=rebuild, batch_size=batch_size)
+    except (SuiteError, TargetError, ValueError) as e:
+        fail(str(e))
+    f = suite.manifest["found"]
+    out.print(f"found suite [bold]{suite.name}[/] version {suite.version} (role: shifted): {suite.manifest['sizes']} "
+              f"prompts from {len(f['runs'])} search run(s), {f['candidates']} passed per-token plausibility >= "
+              f"{f['min_plausibility']:g} nats (dropped: {f['dropped']})")
+    out.print(f"sealed commitment (publish it): [bold]{suite.commitment}[/]")
+    if trajectory:
+        out.print(f"trajectory commitment (publish it): [bold]{trajectory}[/]")
 
 
 def build_trajectories(suite: Any, tgt: Any, *, rebuild: bool, batch_size: int) -> str | None:
