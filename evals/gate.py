@@ -103,6 +103,7 @@ class GateConfig:
     source: str  # the config file's text, hashed into the report
     defaults: tuple[Threshold, ...] = ()  # the top-level ``thresholds:``
     rare: Any = None  # ``evals.gate_rare.RareConfig`` of a ``rare:`` section, or None
+    gap: tuple[Any, ...] = ()  # ``evals.gate_gap.GapCriterion`` of a ``gap:`` section
 
     @property
     def team_label(self) -> str:
@@ -164,7 +165,7 @@ def load_config(path: Path) -> GateConfig:
         raise GateConfigError(str(e)) from e
     except yaml.YAMLError as e:
         raise GateConfigError(f"{path} is not valid YAML: {e}") from e
-    _keys(raw, str(path), {"name", "team", "suites", "thresholds", "holdout", "report", "seed", "rare"},
+    _keys(raw, str(path), {"name", "team", "suites", "thresholds", "holdout", "report", "seed", "rare", "gap"},
           {"name", "team", "suites", "thresholds"})
     name = raw["name"]
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
@@ -230,8 +231,11 @@ def load_config(path: Path) -> GateConfig:
         from .gate_rare import parse
 
         rare = parse(raw["rare"], path.resolve().parent)
+    from .gate_gap import parse as parse_gap
+
+    gap = parse_gap(raw["gap"], suites) if "gap" in raw else ()
     return GateConfig(name, tuple(members), rule, tuple(float(w) for w in weights), tuple(suites), limit,
-                      dict(steps), worst, seed, text, default_thresholds, rare)
+                      dict(steps), worst, seed, text, default_thresholds, rare, gap)
 
 
 def check_environment(cfg: GateConfig) -> dict[str, Any]:
@@ -377,7 +381,7 @@ def evaluate_suite(cfg: GateConfig, spec: SuiteSpec, suite: Any) -> dict[str, An
               "context_tokens": int(r.context_tokens), "text_end": prompts[r.prompt_id].text[-80:]}
              for r in worst_df.itertuples()]
     return {"suite": suite.name, "kind": "next-token", "version": suite.version, "commitment": suite.commitment, "split": spec.split,
-            "role": spec.role, "n": result.summary["n_scored"], "run_id": result.summary["run_id"],
+            "role": spec.role or suite.manifest.get("role", ""), "n": result.summary["n_scored"], "run_id": result.summary["run_id"],
             "team": decision, "checks": checks, "passed": all(c["passed"] for c in checks), "worst": worst,
             "submissions": counts, "target": suite.target}
 
@@ -392,6 +396,9 @@ def run_gate(cfg: GateConfig, *, root: Path | None = None) -> dict[str, Any]:
 
     suites = check_environment(cfg)
     rare = gate_rare.prepare(cfg, suites) if cfg.rare is not None else None
+    from . import gate_gap
+
+    gate_gap.check(cfg, suites)
     from .gate_trajectory import is_trajectory
 
     trajectory = any(is_trajectory(s) for s in suites.values())
@@ -412,7 +419,10 @@ def run_gate(cfg: GateConfig, *, root: Path | None = None) -> dict[str, Any]:
         report["suites"].append(evaluate_suite(cfg, spec, suites[spec.name]))
     if rare is not None:
         report["rare"] = gate_rare.section(cfg, rare, criteria)
-    passed = all(s["passed"] for s in report["suites"]) and (rare is None or report["rare"]["passed"])
+    if cfg.gap:
+        report["gap"] = gate_gap.section(cfg, report["suites"])
+    passed = all(s["passed"] for s in report["suites"]) and (rare is None or report["rare"]["passed"]) and \
+        report.get("gap", {}).get("passed", True)
     report["verdict"] = "PASS" if passed else "FAIL"
     return write_report(report, root=root)
 

@@ -229,6 +229,10 @@ def write_all(df: pd.DataFrame, split: str, *, root: Path | None = None, plots: 
                           "| predictor | " + " | ".join(map(str, tp.columns)) + " |", "|---" * (len(tp.columns) + 1)
                           + "|", *(f"| {i} | " + " | ".join(r) + " |" for i, r in
                                    zip(tp.index, tp.values.tolist(), strict=True)), "", ""])
+    from .gap import gap_section  # found suites beside their ordinary suite: the predictability gap
+
+    gap = gap_section(list(df["suite"].unique()), split, root=root)
+    tsum += f"{gap}\n" if gap else ""
     atomic_write_text(paths["md"], f"## Mean KL by suite ({split}; nats, 95% CI)\n\n{summary}\n\n{tsum}" + "\n".join(
         to_markdown(p.reset_index(drop=True), title=f"{s} ({split})") for s, p in df.groupby("suite", sort=False)))
     paths["html"] = out / f"index-{split}.html"

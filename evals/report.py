@@ -221,6 +221,10 @@ def gate_markdown(report: dict[str, Any]) -> str:
         from .gate_rare import markdown
 
         lines += markdown(report["rare"])
+    if report.get("gap"):
+        from .gate_gap import markdown as gap_markdown
+
+        lines += gap_markdown(report["gap"])
     lines += ["", f"**Verdict: {report['verdict']}.** {report['disclaimer']}", ""]
     return "\n".join(lines)
 
