@@ -95,7 +95,8 @@ def check(cfg: Any, suites: dict[str, Any]) -> None:
 
 def section(cfg: Any, results: list[dict[str, Any]]) -> dict[str, Any]:
     """The report's ``gap`` section from the suites' results (their run records' per-prompt values): per criterion
-    the team's statistic on each suite, the gap with its CI (released when a split is sealed), the decision."""
+    the team's statistic on each suite (``ordinary``, ``shifted``: [estimate, low, high]), the gap with its CI
+    (``gap``, ``low``, ``high``; released when a split is sealed), ``suites`` (the two names), the decision."""
     by_name = {r["suite"]: r for r in results}
     checks = []
     for g in cfg.gap:
@@ -106,8 +107,8 @@ def section(cfg: Any, results: list[dict[str, Any]]) -> dict[str, Any]:
         res = released_gap(gap_ci(va, vb, statistic=g.statistic, seed=cfg.seed), step)
         compared = res["high"] if g.bound == "max" else res["low"] if g.bound == "min" else None
         ok = True if g.bound is None else (compared <= g.limit if g.bound == "max" else compared >= g.limit)
-        checks.append({"ordinary": g.ordinary, "shifted": g.shifted, "splits": [a["split"], b["split"]],
-                       "metric": g.metric, "statistic": g.statistic, **res, "step": step, "bound": g.bound,
+        checks.append({"suites": [g.ordinary, g.shifted], "splits": [a["split"], b["split"]], "metric": g.metric,
+                       **res, "step": step, "bound": g.bound,
                        "threshold": g.limit, "compared": compared, "passed": bool(ok),
                        "team": [a["team"].get("chosen", "mixture"), b["team"].get("chosen", "mixture")],
                        "runs": [a["run_id"], b["run_id"]]})
@@ -123,7 +124,7 @@ def markdown(sec: dict[str, Any]) -> list[str]:
              "result |", "|---|---|---|---|---|---|---|---|"]
     f = "{:.3f}".format
     for c in sec["checks"]:
-        o, s = c["ordinary"], c["shifted"]
+        o, s = c["suites"]
         cond = "reported" if c["bound"] is None else (f"{'upper' if c['bound'] == 'max' else 'lower'} bound "
                                                       f"{'<=' if c['bound'] == 'max' else '>='} {c['threshold']:g}")
         lines.append(f"| {o} ({c['splits'][0]}, team {c['team'][0]}) | {s} ({c['splits'][1]}, team {c['team'][1]}) "

@@ -89,6 +89,7 @@ def test_gate_reports_and_bounds_the_gap(env):
     by = {s["suite"]: s for s in report["suites"]}
     assert by["tfound"]["role"] == "shifted" and by["tiny"]["role"] == "in-distribution"
     kl = report["gap"]["checks"][0]
+    assert kl["suites"] == ["tiny", "tfound"] and kl["statistic"] == "mean"
     # independent reference: the two team run records' per-prompt KL
     runs = env / "results"
     va, vb = (pd.read_csv(runs / by[n]["run_id"] / "per_prompt.csv")["kl_nats"].to_numpy() for n in ("tiny", "tfound"))
@@ -98,7 +99,7 @@ def test_gate_reports_and_bounds_the_gap(env):
     assert (kl["n_ordinary"], kl["n_shifted"]) == (va.size, vb.size) and kl["pairing"] == "independent"
     assert report["gap"]["checks"][1]["bound"] is None and report["gap"]["checks"][1]["passed"]
     md = (Path(report["report_dir"]) / "report.md").read_text()
-    assert "Predictability gap" in md and "tfound" in md
+    assert "Predictability gap" in md and "| tiny (sealed, team " in md and "| tfound (sealed, team " in md
     # the leaderboard's gap table: the team label was scored on both suites
     df = gap_table("tiny", "tfound", "sealed", release=False)
     row = df[(df.predictor == "team:gapg") & (df.metric == "kl_nats")].iloc[0]
