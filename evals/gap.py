@@ -129,7 +129,10 @@ def to_markdown(df: pd.DataFrame) -> str:
     """The gap table in Markdown: per predictor and metric, ordinary and shifted means [95% CI] and the gap."""
     if df.empty:
         return ""
-    f = "{:.3f}".format
+
+    def f(x: float) -> str:  # no "-0.000" for a tiny negative
+        return f"{round(x, 3) + 0.0:.3f}"
+
     lines = ["## Predictability gap: found (shifted) vs ordinary prompts", "",
              "gap = mean on the shifted suite - mean on the ordinary suite, same predictor; 95% CI from resampling "
              "each suite's prompts independently (the prompts are not paired).", "",

@@ -122,7 +122,10 @@ def markdown(sec: dict[str, Any]) -> list[str]:
              "suite's prompts independently (different prompts, not paired).", "",
              "| ordinary | shifted | metric | ordinary [95% CI] | shifted [95% CI] | gap [95% CI] | threshold | "
              "result |", "|---|---|---|---|---|---|---|---|"]
-    f = "{:.3f}".format
+
+    def f(x: float) -> str:  # no "-0.000" for a tiny negative
+        return f"{round(x, 3) + 0.0:.3f}"
+
     for c in sec["checks"]:
         o, s = c["suites"]
         cond = "reported" if c["bound"] is None else (f"{'upper' if c['bound'] == 'max' else 'lower'} bound "
