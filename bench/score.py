@@ -2,8 +2,10 @@
 path (``evals.sparse.score_rows``: sparse rows in O(named tokens) against cached truth constants, whole rows and the
 bulk total-variation / Jensen-Shannon pass on the chunked float64 kernels of ``evals.metrics``), side by side with
 *today's scorer* (a frozen copy, below, of the float64 numpy scorer this replaced: ``_Batch`` over 8-row chunks) and
-a per-prompt scipy loop, at vocabulary sizes 49,152 and 256,000 (synthetic truth and predictions), then end to end
-``logitpred score`` on a 10,000-line file. Ratios come from one run (this machine's load moves all of them alike).
+a per-prompt scipy loop, at vocabulary sizes 49,152 and 256,000 (synthetic truth and predictions); validating the
+same predictions from files (top+rest lines naming tokens, full-vector ``probs_b64`` lines) beside those scoring
+rates; then end to end ``logitpred score`` on a 10,000-line file. Ratios come from one run (this machine's load moves
+all of them alike).
 
 Every path computes the same 10 metrics (KL, reverse KL, JS, TV, Brier, top-1, top-10 overlap, cross-entropy of the
 realized token for prediction and target, target entropy); the "8 decomposing metrics" line leaves out TV and JS, the
@@ -27,6 +29,7 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.spatial.distance import jensenshannon
@@ -35,8 +38,8 @@ from scipy.stats import entropy
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evals.sparse import score_rows  # noqa: E402
-from predictors.format import Prediction, check  # noqa: E402
-from predictors.jsonl import validate_file  # noqa: E402
+from predictors.format import Prediction, check, densify  # noqa: E402
+from predictors.jsonl import _parse_whole_line, iter_jsonl, raw_lines, validate_file  # noqa: E402
 from predictors.rows import PredictionRows  # noqa: E402
 from tasks.truth_stats import chunk_rows, compute_stats, n_threads  # noqa: E402
 from tasks.vocab import Vocabulary  # noqa: E402
@@ -203,12 +206,16 @@ def bench_vocab(V: int, n: int, n_dense: int, n_ref: int, vocab: Vocabulary | No
           f"({rt:,.0f}/s), {rate / rl:.1f}x the scipy loop ({rl:,.0f}/s)")
     print(f"  max |dense - today's| on {n_ref} rows: {max_diff(got_d, today_d, n_ref)}")
     print(f"  max |dense - scipy loop|: {max_diff(got_d, loop_d, n_ref)}")
-    if V == 49152:
-        bench_validation(V, names, bg, preds[:4000], q[:200], rng, r_today)
+    truth = (logp[:n_dense], nxt[:n_dense], stats.take(np.arange(n_dense)))
+    bench_validation(V, names, bg, preds, q, {"sparse": (n / t_dec, n / t_full), "dense": rate}, truth)
 
 
 def bench_validation(V: int, vocab: Vocabulary, bg: np.ndarray, preds: list[Prediction], q: np.ndarray,
-                     rng: np.random.Generator, r_today: float) -> None:
+                     scoring: dict[str, Any], truth: tuple[np.ndarray, np.ndarray, Any]) -> None:
+    """Validation of the predictions just scored, written to files (streamed: read, parse, token lookup, checks, the
+    accepted rows kept), beside the scoring rates of this run; full-vector lines also parsed alone, by the shortcut
+    (``predictors.jsonl._parse_full_vector``) and by the JSON parser over the whole line, and the validated rows
+    scored (float32 as given, normalized as they are read: ``predictors.rows.RowBlocks``)."""
     ids = [p.prompt_id for p in preds]
     with tempfile.TemporaryDirectory() as tmp:
         sparse, dense = Path(tmp) / "sparse.jsonl", Path(tmp) / "dense.jsonl"
@@ -223,10 +230,28 @@ def bench_validation(V: int, vocab: Vocabulary, bg: np.ndarray, preds: list[Pred
                 f.write(json.dumps({"prompt_id": ids[i], "probs_b64": data}) + "\n")
         out, t_s = timed(validate_file, sparse, ids, vocab, bg)
         assert not out.errors, out.errors[:3]
-        out_d, t_d = timed(validate_file, dense, ids, vocab, bg)
-        assert not out_d.errors, out_d.errors[:3]
-    print(f"validation (parse, token lookup, checks; streaming): top+rest lines {len(preds) / t_s:,.0f} lines/s; "
-          f"full-vector lines (probs_b64) {len(q) / t_d:,.0f} lines/s")
+        del out
+        cpu = time.process_time()
+        out_d, t_d = timed(validate_file, dense, ids[: len(q)], vocab, bg)
+        cpu = time.process_time() - cpu
+        kept = sum(b.nbytes for b in getattr(out_d.rows.full, "blocks", [out_d.rows.full]))
+        assert not out_d.errors and out_d.rows.is_full.all(), out_d.errors[:3]
+        _, t_parse = timed(lambda: sum(1 for _ in iter_jsonl(dense)))
+        _, t_whole = timed(lambda: sum(_parse_whole_line(n, b) is not None for n, b in raw_lines(dense)))
+        for (n, data), i in zip(raw_lines(dense), range(20), strict=False):  # the shortcut's rows: the parser's
+            assert np.array_equal(out_d.rows.row(i).full, densify(_parse_whole_line(n, data), vocab, bg))
+        _, t_kept = timed(score_rows, out_d.rows, *truth)
+        del out_d
+    r_sparse, (r_dec, r_all), r_dense = len(preds) / t_s, scoring["sparse"], scoring["dense"]
+    r_full = len(q) / t_d
+    print("validation beside scoring (the predictions above, from a file: read, parse, token lookup, checks, rows "
+          "kept; one thread):")
+    print(f"  top+rest lines (tokens by name): validate {r_sparse:,.0f} lines/s | score {r_dec:,.0f}/s (8 "
+          f"decomposing), {r_all:,.0f}/s (all 10): validation {r_sparse / r_all:.1f}x scoring")
+    print(f"  full-vector lines (probs_b64): validate {r_full:,.0f} lines/s ({cpu / len(q) * 1e3:.2f} ms CPU a line, "
+          f"{kept / 2**20:,.0f} MiB of rows kept) | score {r_dense:,.0f}/s: validation {r_full / r_dense:.1f}x "
+          f"scoring; parsing alone {len(q) / t_parse:,.0f} lines/s (the JSON parser over the "
+          f"whole line: {len(q) / t_whole:,.0f} lines/s); the validated rows scored {len(q) / t_kept:,.0f}/s")
 
 
 # --- end to end ---------------------------------------------------------------------------------------------------
@@ -256,7 +281,8 @@ def build_suite(home: Path, n: int, vocab: Vocabulary, bg: np.ndarray, rng: np.r
     truth_dir = home / "truth" / "bench-e2e" / f"{manifest['version']}-{target['id']}"
     arrays = {s: (synthetic_truth(len(rows), V, rng), np.array([r["next_token_id"] for r in rows], dtype=np.int64))
               for s, rows in prompts.items()}
-    write_truth(truth_dir, arrays, {"suite": "bench-e2e", "version": manifest["version"], "target": target},
+    write_truth(truth_dir, arrays, {"suite": "bench-e2e", "version": manifest["version"], "target": target,
+                                    "placement": {"device": "cpu", "dtype": "float32"}},
                 (folder / "sealed.jsonl").read_bytes(), {s: [r["id"] for r in rows] for s, rows in prompts.items()})
     return folder
 

@@ -23,8 +23,9 @@ Errors name the line, the prompt id and the field; a bad line never discards goo
 What validation keeps is the prediction as given (``check`` -> ``Row``; a file's or predictor's rows ->
 ``PredictionRows``): named token ids, their probabilities after the min-rest scaling, the rest and its rule, so a
 ``top`` prediction costs 16 bytes per named token, not a vocabulary-sized vector; full vectors (unless mostly zeros)
-are kept whole. ``densify`` / ``expand`` / ``ValidatedPredictions.probs`` give the float64 vector, bit for bit as
-before; scoring (``evals.sparse``) never needs it for a sparse row.
+are kept whole (by ``validate``, a float32 one without zeros as given: ``predictors.rows.RowBlocks``). ``densify`` /
+``expand`` / ``ValidatedPredictions.probs`` give the float64 vector, bit for bit as before; scoring (``evals.sparse``)
+never needs it for a sparse row.
 
 Rows in memory live in ``predictors/rows.py``; reading, validating and writing files of predictions in
 ``predictors/jsonl.py``.
@@ -138,18 +139,29 @@ def check(pred: Prediction, vocab: Vocabulary, background: np.ndarray | None = N
     if pred.rest == "unigram" and background is None:
         raise PredictionError(f"prompt {pid}: rest 'unigram' needs the suite's background unigram")
     if pred.probs is not None:
-        q = np.ascontiguousarray(pred.probs, dtype=np.float64)
-        if q.shape != (V,):
-            raise PredictionError(f"prompt {pid}: full vector has {q.size} entries; the target's vocabulary has {V}")
+        given = pred.probs
+        # a float vector of the right size is written straight into ``out`` (the validator's block slot or reused
+        # buffer: no temporary) and divided there in place; min and the count of zeros read the given values (float32:
+        # half the bytes), which the float64 ones equal exactly
+        if (out is not None and isinstance(given, np.ndarray) and given.dtype in (np.float32, np.float64)
+                and given.shape == (V,)):
+            q = out
+            np.copyto(q, given)
+        else:
+            q = given = np.ascontiguousarray(given, dtype=np.float64)
+            if q.shape != (V,):
+                raise PredictionError(f"prompt {pid}: full vector has {q.size} entries; the target's vocabulary has "
+                                      f"{V}")
+        low = given.min()  # NaN if any entry is NaN
         total = q.sum()
-        if not (math.isfinite(total) and q.min() >= 0):  # a finite sum means no NaN or inf entry
+        if not (math.isfinite(total) and low >= 0):  # a finite sum means no NaN or inf entry
             bad = np.flatnonzero(~np.isfinite(q) | (q < 0))
             if bad.size:
                 raise PredictionError(f"prompt {pid}: probs[{bad[0]}] = {q[bad[0]]} is not a finite non-negative "
                                       "number")
         if abs(total - 1.0) > tol:
             raise PredictionError(f"prompt {pid}: full vector sums to {total:.6f}, not 1 (tolerance {tol})")
-        if np.count_nonzero(q) == V:  # every token named: q / total (ps = q, and ps.sum() is total)
+        if low > 0 or np.count_nonzero(given) == V:  # every token named: q / total (ps = q, and ps.sum() is total)
             return Row(None, None, 0.0, False, q / total if out is None else np.divide(q, total, out=out))
         named = np.flatnonzero(q > 0)
         ps = q[named]

@@ -2,13 +2,16 @@
 
 Files are read line by line as bytes: each line is strict UTF-8 (it may contain U+FFFD; bad bytes reject their line
 only), a byte-order mark is accepted at the start of the file only, an object naming a key twice is rejected naming
-the key (``tasks.io.loads_json``). ``validate_file`` streams (1 MiB reads), keeping only accepted rows
+the key (``tasks.io.loads_json``). ``validate_file`` streams (4 MiB reads), keeping only accepted rows
 (``predictors.rows``); near-match suggestions (~0.1 s each) go to a file's first ``HINT_LIMIT`` distinct unknown names
-only. ``write_jsonl`` writes atomically, naming each token so that it reads back as the same id (``readable``).
+only. A full-vector line (``probs_b64``) is parsed without running the JSON parser over its vector, to the same
+result (``_parse_full_vector``). ``write_jsonl`` writes atomically, naming each token so that it reads back as the same
+id (``readable``).
 """
 
 from __future__ import annotations
 
+import binascii
 import gzip
 import json
 import zlib
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import pybase64
 
 from tasks.io import BOM, DuplicateKeyError, atomic_write, loads_json
 from tasks.vocab import Vocabulary
@@ -24,7 +28,7 @@ from tasks.vocab import Vocabulary
 from .format import Prediction, PredictionError, Row, check
 from .rows import PredictionRows, RowBlocks, ValidatedPredictions
 
-READ_BUFFER = 1 << 20  # bytes per read of a predictions file
+READ_BUFFER = 1 << 22  # bytes per read of a predictions file
 HINT_LIMIT = 20  # distinct unknown names per file that get near-match suggestions
 BOM_BYTES = BOM.encode("utf-8")
 
@@ -61,13 +65,38 @@ class Hints:
         return self.vocab.explain_unknown(name)
 
 
+class _Blocks:
+    """Whole rows of one dtype in blocks appended in arrival order, each new block a quarter of the capacity so far (at
+    least 8 rows, at most the prompts that may still get a row): the peak stays within 1.25x the rows (plus 8) and no
+    row is ever copied again (a single growing buffer copies itself on every realloc)."""
+
+    def __init__(self, vocab_size: int, dtype: type) -> None:
+        self.vocab_size, self.dtype = vocab_size, dtype
+        self.blocks: list[np.ndarray] = []
+        self.capacity = self.used = 0  # rows in all blocks; rows used in the last block
+
+    def slot(self, left: int) -> np.ndarray:
+        """The next free row (``left``: prompts that may still get a row); ``commit`` keeps what was written there."""
+        if not self.blocks or self.used == len(self.blocks[-1]):
+            size = max(1, min(left, max(8, self.capacity // 4)))
+            self.blocks.append(np.empty((size, self.vocab_size), dtype=self.dtype))
+            self.capacity, self.used = self.capacity + size, 0
+        return self.blocks[-1][self.used]
+
+    def commit(self) -> tuple[int, int]:
+        """Keeps the row written into ``slot``; returns its (block, offset)."""
+        self.used += 1
+        return len(self.blocks) - 1, self.used - 1
+
+
 class _Validator:
     """Checks prompt ids (unknown, duplicate) and validates predictions one at a time, keeping only accepted rows.
 
     A ``top`` prediction (or a mostly-zero full vector) is kept as its named tokens and rest (``check``): 16 bytes per
-    named token, never a vocabulary-sized vector. Whole vectors go into float64 blocks in arrival order, each new block
-    a quarter of the capacity so far (at least 8 rows): the peak stays within 1.25x the whole rows (plus 8) and no row
-    is ever copied again (a single growing buffer copies itself on every realloc).
+    named token, never a vocabulary-sized vector. A whole vector given as float32 without zeros (``probs_b64``) is kept
+    as given, 4 bytes per entry, and divided by its sum when read (``rows.RowBlocks``): validation checks it in a
+    reused float64 buffer and writes half the bytes to new memory. Any other whole vector is kept as its float64
+    distribution. Both kinds go into blocks (``_Blocks``) in arrival order.
     """
 
     def __init__(self, prompt_ids: Sequence[str], vocab: Vocabulary, background: np.ndarray | None,
@@ -75,9 +104,10 @@ class _Validator:
         self.prompt_ids, self.vocab, self.background, self.errors = list(prompt_ids), vocab, background, errors
         self.index = {pid: i for i, pid in enumerate(self.prompt_ids)}
         self.hints = Hints(vocab)
-        self.blocks: list[np.ndarray] = []  # whole rows, in arrival order
-        self.capacity = self.used = 0  # rows in all blocks; rows used in the last block
-        self.where: list[tuple[int, int]] = []  # (block, offset) of each whole row
+        V = len(vocab)
+        self.given, self.dists = _Blocks(V, np.float32), _Blocks(V, np.float64)  # whole rows as given / as float64
+        self.scratch = np.empty(V)  # where a float32 vector is checked
+        self.where: list[tuple[_Blocks, int, int]] = []  # (blocks, block, offset) of each whole row, arrival order
         self.rows: list[Row] = []  # every accepted row (whole ones marked _WHOLE: they are in the blocks)
         self.positions: list[int] = []  # the suite position of each accepted row
 
@@ -92,24 +122,28 @@ class _Validator:
             return
         self.index[pred.prompt_id] = -1  # seen
         self.hints.line = line
-        slot = None
-        if pred.probs is not None:  # a full vector may be kept whole: validate it straight into the next block slot
-            if not self.blocks or self.used == len(self.blocks[-1]):
-                left = len(self.prompt_ids) - len(self.rows)  # prompts that may still get a row
-                size = max(1, min(left, max(8, self.capacity // 4)))
-                self.blocks.append(np.empty((size, len(self.vocab))))
-                self.capacity, self.used = self.capacity + size, 0
-            slot = self.blocks[-1][self.used]
+        slot, probs, left = None, pred.probs, len(self.prompt_ids) - len(self.rows)
+        as_given = (isinstance(probs, np.ndarray) and probs.dtype == np.float32
+                    and probs.shape == (len(self.vocab),))
+        if as_given:
+            slot = self.scratch
+        elif probs is not None:  # a full vector may be kept whole: validate it straight into the next block slot
+            slot = self.dists.slot(left)
         try:
             row = check(pred, self.vocab, self.background, explain=self.hints, out=slot)
         except PredictionError as e:
             self.errors.append(f"{at}{e}")
             return
         if row.full is not None:
-            if row.full is not slot:
-                self.blocks[-1][self.used] = row.full
-            self.where.append((len(self.blocks) - 1, self.used))
-            self.used += 1
+            if as_given and probs.min() > 0:  # validated, so no entry is negative or NaN: none is zero
+                blocks = self.given
+                blocks.slot(left)[:] = probs
+            else:
+                blocks = self.dists
+                target = blocks.slot(left)
+                if row.full is not target:
+                    target[:] = row.full
+            self.where.append((blocks, *blocks.commit()))
             row = row._replace(full=_WHOLE)
         self.rows.append(row)
         self.positions.append(position)
@@ -121,10 +155,12 @@ class _Validator:
         is_whole = np.array([r.full is not None for r in rows], dtype=bool)
         full_index = np.full(len(rows), -1, dtype=np.int64)
         full_index[is_whole] = whole_arrival[order[is_whole]] if len(rows) else []
-        if len(self.blocks) == 1:
-            full: Any = self.blocks[0][: len(self.where)]
+        if len(self.dists.blocks) == 1 and not self.given.blocks:
+            full: Any = self.dists.blocks[0][: len(self.where)]
         else:
-            full = RowBlocks(self.blocks, np.array(self.where, dtype=np.int64).reshape(-1, 2))
+            first = {self.given: 0, self.dists: len(self.given.blocks)}  # given blocks first, then the float64 ones
+            where = np.array([(first[blocks] + b, o) for blocks, b, o in self.where], dtype=np.int64).reshape(-1, 2)
+            full = RowBlocks(self.given.blocks + self.dists.blocks, where)
         stored = PredictionRows.from_rows(rows, len(self.vocab), self.background, full=full, full_index=full_index)
         accepted = [self.prompt_ids[i] for i in sorted(self.positions)]
         taken = set(accepted)
@@ -176,8 +212,9 @@ def raw_lines(path: Path) -> Iterator[tuple[int, bytes | str]]:
     """``(line number, bytes)`` of a JSONL file (``.gz`` too); a file that cannot be read on (a truncated ``.gz``)
     ends with ``(n, message)`` for the first unreadable line."""
     path, n = Path(path), 0
-    # a 1 MiB buffer: a full-vector line is ~262 KB, and 8 KB reads made reading it cost 4x its parsing (a .gz keeps
-    # gzip's own small reads, so a truncated file still yields every line before the damage)
+    # a 4 MiB buffer: a full-vector line is ~262 KB (49,152 entries) to 1.4 MB (256,000); 8 KB reads made reading the
+    # first cost 4x its parsing, 1 MiB reads doubled the reading of the second (a .gz keeps gzip's own small reads,
+    # so a truncated file still yields every line before the damage)
     opened = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb", buffering=READ_BUFFER)
     with opened as f:
         try:
@@ -187,8 +224,91 @@ def raw_lines(path: Path) -> Iterator[tuple[int, bytes | str]]:
             yield n + 1, f"cannot read the file from here on ({e}); later lines are not read"
 
 
+FAST_B64_MIN = 4096  # bytes of base64 from which a full-vector line takes the shortcut (below it parsing is cheap)
+_KEY = b'"probs_b64"'
+_MARK = "#~probs_b64~#"  # stands in for the vector while the rest of the line is parsed: never valid outside a string
+_MARK_BYTES = _MARK.encode()
+_JSON_SPACE = b" \t\r\n"
+
+
+def _count_mark(value: Any) -> int:
+    """How many strings (keys, values, list items) in a parsed JSON value are ``_MARK`` (iterative: no depth limit)."""
+    count, todo = 0, [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str):
+            count += v == _MARK
+        elif isinstance(v, dict):
+            count += sum(k == _MARK for k in v)
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return count
+
+
+def _parse_full_vector(n: int, data: bytes) -> Prediction | None:
+    """The prediction of a ``probs_b64`` line without running the JSON parser over its vector, or None where this
+    shortcut does not apply; then the caller parses the whole line, which gives every rejection and its message.
+
+    The vector's string is found as the first ``"probs_b64"`` followed by optional JSON white space, ``:``, white
+    space and ``"``: the bytes from there up to the next ``"``. They must decode as strict base64 of whole float32
+    values: then they hold neither ``\\`` nor a control or non-ASCII byte, so as a JSON string they are themselves. The
+    rest of the line is parsed with the vector replaced by ``_MARK`` (the same rules: ``decode_line``); the shortcut
+    stands only if that parse succeeds and the object's top-level ``probs_b64`` is ``_MARK`` and no other string in it
+    is. A ``#`` is invalid outside a string, so the mark parsed as a string token means the vector's own quotes delimit
+    one, and the mark being the only such string means that token is the top-level ``probs_b64`` value: the whole line
+    parses to the same object with the vector in its place. A fifth of the JSON parser's time over the whole line
+    (~0.04 ms for 49,152 entries, reading the line aside; ``bench/score.py``).
+    """
+    start, key, size = -1, data.find(_KEY), len(data)
+    while key >= 0:  # the first "probs_b64" followed by a colon and a string
+        i = key + len(_KEY)
+        while i < size and data[i] in _JSON_SPACE:
+            i += 1
+        if i < size and data[i] == 58:  # ":"
+            i += 1
+            while i < size and data[i] in _JSON_SPACE:
+                i += 1
+            if i < size and data[i] == 34:  # '"'
+                start = i + 1
+                break
+        key = data.find(_KEY, key + 1)
+    if start < 0:
+        return None
+    end = data.find(b'"', start)
+    if end - start < FAST_B64_MIN:
+        return None
+    try:
+        raw = pybase64.b64decode(memoryview(data)[start:end], validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        return None
+    if len(raw) % 4:
+        return None
+    try:
+        obj = decode_line(n, data[:start] + _MARK_BYTES + data[end:])
+    except LineError:
+        return None
+    if type(obj) is not dict or obj.get("probs_b64") != _MARK or _count_mark(obj) != 1:
+        return None
+    try:
+        pred = Prediction.from_json({**obj, "probs_b64": ""})
+    except PredictionError:
+        return None
+    return Prediction(pred.prompt_id, probs=np.frombuffer(raw, dtype="<f4"))
+
+
 def _parse_line(n: int, data: bytes) -> Prediction | str | None:
-    """One line's prediction, or the reason it is rejected, or None for a blank line."""
+    """One line's prediction, or the reason it is rejected, or None for a blank line (a long ``probs_b64`` line takes
+    ``_parse_full_vector`` where it can: the same result as parsing the whole line)."""
+    if len(data) > FAST_B64_MIN:
+        fast = _parse_full_vector(n, data)
+        if fast is not None:
+            return fast
+    return _parse_whole_line(n, data)
+
+
+def _parse_whole_line(n: int, data: bytes) -> Prediction | str | None:
+    """``_parse_line`` by the JSON parser over the whole line, the definition the shortcut is tested against."""
     try:
         obj = decode_line(n, data)
     except LineError as e:
@@ -241,7 +361,8 @@ def validate(preds: Iterable[tuple[int | None, Prediction]], prompt_ids: Sequenc
 def validate_file(path: Path, prompt_ids: Sequence[str], vocab: Vocabulary,
                   background: np.ndarray | None = None) -> ValidatedPredictions:
     """Read and validate a predictions file as a stream (bad lines reported in line order, good ones kept).
-    Memory: the accepted rows (one float64 vector per accepted prompt, at most 1.25x while growing) plus one line."""
+    Memory: the accepted rows (a whole row is one float64 vector, or float32 as given; at most 1.25x while growing)
+    plus one line."""
     check = _Validator(prompt_ids, vocab, background, [])
     for n, item in iter_jsonl(path):
         if isinstance(item, str):

@@ -19,8 +19,12 @@ from .format import Row, expand
 
 class RowBlocks:
     """Whole rows held in a few blocks, appended without copying (a growing single buffer copies itself on every
-    realloc): row j is ``blocks[where[j, 0]][where[j, 1]]``. Indexing with an int gives that row (a view), with an
-    array of ints a new ``(len, V)`` array."""
+    realloc): row j is ``blocks[where[j, 0]][where[j, 1]]``. Indexing with an int gives that row, with an array of
+    ints a new ``(len, V)`` float64 array.
+
+    A float64 block holds distributions as they are (an int index gives a view). A float32 block holds full vectors as
+    given (``probs_b64``, every entry > 0: half the bytes): its row is ``q / q.sum()`` of ``q``, the float64 copy of
+    the given values, which is what ``check`` computes, bit for bit (an int index gives a new array)."""
 
     def __init__(self, blocks: list[np.ndarray], where: np.ndarray) -> None:
         self.blocks, self.where = blocks, np.asarray(where, dtype=np.int64).reshape(-1, 2)
@@ -32,16 +36,32 @@ class RowBlocks:
     def shape(self) -> tuple[int, int]:
         return len(self.where), self.blocks[0].shape[1] if self.blocks else 0
 
+    def _row(self, j: int, out: np.ndarray | None = None) -> np.ndarray:
+        b, o = self.where[j]
+        given = self.blocks[b][o]
+        if given.dtype == np.float64:
+            if out is None:
+                return given
+            out[:] = given
+            return out
+        return normalized(given, out)
+
     def __getitem__(self, index: Any) -> np.ndarray:
         if isinstance(index, (int, np.integer)):
-            b, o = self.where[index]
-            return self.blocks[b][o]
+            return self._row(index)
         index = np.asarray(index, dtype=np.int64)
         out = np.empty((len(index), self.shape[1]))
         for j, i in enumerate(index):
-            b, o = self.where[i]
-            out[j] = self.blocks[b][o]
+            self._row(i, out[j])
         return out
+
+
+def normalized(given: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``q / q.sum()`` for ``q`` the float64 copy of ``given`` (written into ``out`` when given): the whole row
+    ``check`` returns for a full vector without zeros, computed the same way (``predictors.format.check``)."""
+    q = np.empty(given.shape) if out is None else out
+    np.copyto(q, given)
+    return np.divide(q, q.sum(), out=q)
 
 
 class PredictionRows:
@@ -50,7 +70,8 @@ class PredictionRows:
     Sparse rows are in CSR form: row ``i`` names ``ids[indptr[i]:indptr[i+1]]`` (sorted) with probabilities ``vals``
     (after the min-rest scaling) and spreads ``rest[i]`` over every other token, uniformly or (``unigram[i]``) by the
     background renormalized over the unnamed tokens. A row kept whole is ``full[full_index[i]]`` (``full_index`` is
-    -1 for sparse rows). Memory: 16 bytes per named token, 8 per vocabulary entry of a whole row.
+    -1 for sparse rows). Memory: 16 bytes per named token, 8 per vocabulary entry of a whole row (4 for a float32
+    vector kept as given, see ``RowBlocks``).
     """
 
     def __init__(self, vocab_size: int, indptr: np.ndarray, ids: np.ndarray, vals: np.ndarray, rest: np.ndarray,
