@@ -31,11 +31,8 @@ Left out: prompts paired by construction with an ordinary suite's prompts (the g
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import shutil
-import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import crash_point, fsync_tree, publish_link, read_json
+from .io import fsync_tree, read_json
 from .paths import data_dir, sha256_file
 from .truth import SPLITS, SuiteError
 
@@ -212,7 +209,7 @@ def build_found_suite(name: str, folders: list[Path], tokenizer: Any, identity: 
     ``tasks.Suite`` (truth not yet computed). ``corpus``/``seed``/``heldout_fraction`` name the train text that
     corpus-statistics predictors learn from (and the background unigram); ``ordinary`` the suite the gap compares
     with (recorded; default: ``corpus`` when it is a preset). Raises ``FoundError`` (module doc) or ``SuiteError``."""
-    from .suite import PRESETS, SuiteConfig, _prompt, _write_build, load_suite, suite_dir
+    from .suite import PRESETS, SuiteConfig, _prompt, _write_build, load_suite, publish_build
     from .target import bos_ids
 
     runs = [read_search(Path(f)) for f in folders]
@@ -264,11 +261,7 @@ def build_found_suite(name: str, folders: list[Path], tokenizer: Any, identity: 
     provenance = [{"id": r["id"], **{k: f["record"][k] for k in ("behaviour", "method", "lambda", "log_p",
                                                                    "ref_per_token", "greedy_is_behaviour")},
                    "run_sha256": f["run"]} for r, f in zip(rows, found, strict=True) if r["id"] in kept]
-    builds = data_dir() / "suite-builds" / name
-    builds.mkdir(parents=True, exist_ok=True)
-    with open(builds.parent / f".{name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # as tasks.suite.build_suite: one build of a name at a time
-        build = builds / uuid.uuid4().hex[:12]
+    def write(build: Path) -> None:
         _write_build(build, config, by_split, tokenizer, identity, vocab_size, context, section, data)
         manifest = read_json(build / "manifest.json")
         where = {**info, "runs": [{k: v for k, v in r.items() if k != "folder"} for r in info["runs"]]}
@@ -277,13 +270,6 @@ def build_found_suite(name: str, folders: list[Path], tokenizer: Any, identity: 
         (build / "manifest.json").write_text(json.dumps(manifest, indent=2))
         (build / "found.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in provenance))
         fsync_tree(build)
-        crash_point("suite:before-link")
-        publish_link(suite_dir(name), build)
-        for old in builds.iterdir():
-            if old == build:
-                continue
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
+
+    publish_build(name, write)  # as tasks.suite.build_suite: under the name's lock, published atomically
     return load_suite(name)

@@ -296,14 +296,24 @@ def build_suite(config: SuiteConfig, tokenizer: Any, identity: Any, vocab_size: 
         from .trajectory.spec import manifest_section
 
         section, behaviours = manifest_section(config, {s: [_prompt(r) for r in rows[s]] for s in SPLITS}, tokenizer)
-    builds = data_dir() / "suite-builds" / config.name
+    publish_build(config.name, lambda build: _write_build(build, config, rows, tokenizer, identity, vocab_size,
+                                                          context, section, behaviours))
+    return load_suite(config.name)
+
+
+def publish_build(name: str, write: Callable[[Path], None]) -> None:
+    """Write a build of suite ``name`` with ``write(folder)`` into a fresh folder under the data dir's suite-builds,
+    then publish it atomically as the suite (``publish_link``) and delete earlier builds, under the name's lock (one
+    build of a name at a time: each deletes the others' folders). A crash before the link leaves the previous suite
+    as it was. Shared by ``build_suite`` and found suites (``tasks.found``)."""
+    builds = data_dir() / "suite-builds" / name
     builds.mkdir(parents=True, exist_ok=True)
-    with open(builds.parent / f".{config.name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one build of a name at a time: each deletes the others' folders
+    with open(builds.parent / f".{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         build = builds / uuid.uuid4().hex[:12]
-        _write_build(build, config, rows, tokenizer, identity, vocab_size, context, section, behaviours)
+        write(build)
         crash_point("suite:before-link")
-        publish_link(suite_dir(config.name), build)
+        publish_link(suite_dir(name), build)
         crash_point("suite:after-link")
         for old in builds.iterdir():  # earlier builds, and builds of killed processes that were never published
             if old == build:
@@ -312,7 +322,6 @@ def build_suite(config: SuiteConfig, tokenizer: Any, identity: Any, vocab_size: 
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 old.unlink(missing_ok=True)
-    return load_suite(config.name)
 
 
 def _write_build(build: Path, config: SuiteConfig, rows: dict[str, list[dict[str, Any]]], tokenizer: Any,
