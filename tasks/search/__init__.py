@@ -12,8 +12,8 @@ over the ``k`` free tokens ``x`` of a template, within a budget of target passes
 - ``frontier.py``: the Pareto frontier of log P(o | x) against per-token log P_R(x);
 - ``state.py``: the resumable state file; ``driver.py``: ``run_search`` over behaviours × λ, and the result records.
 
-Left out here (issue 14 parts 3-6): suites built from found prompts, the predictability gap, search as an importance
-sampling proposal, the benchmark.
+Elsewhere: suites built from found prompts (``tasks.found``), the predictability gap (``evals.gap``), search as an
+importance-sampling proposal (``tasks.rare.estimators.search_is``), the benchmark (``bench/search.py``).
 """
 
 from . import beam, gcg, random_search  # noqa: F401  (registers the methods)
