@@ -3,6 +3,10 @@
 
 Exit codes: 0 every rung (and composite) approved, 1 one failed its thresholds (the chain so far is written; later
 rungs are not trained), 2 bad input (config, suites, approvers, training settings), named in the message.
+
+``logitpred ladder CONFIG --table`` trains nothing: after a ladder run it measures the team approved at each level on
+the *target* with one gate per level (``evals.ladder_table``) and prints the table docs/ladder.md shows, with
+``--beside`` predictors' latest sealed runs for comparison.
 """
 
 from __future__ import annotations
@@ -17,6 +21,11 @@ from .common import console, fail, out
 
 def ladder(
     config: Annotated[Path, typer.Argument(help="Ladder config (YAML): name, suites, thresholds, train, rungs.")],
+    table: Annotated[bool, typer.Option("--table", help="Train nothing: run one gate per level of the finished "
+                                        "ladder (the team approved so far, on the target's sealed suites) and print "
+                                        "the table.")] = False,
+    beside: Annotated[list[str] | None, typer.Option("--beside", help="With --table: predictors whose latest sealed "
+                                                     "runs are shown for comparison (repeat).")] = None,
 ) -> None:
     """Train the rungs in order; approve rung k+1 with level 0 and the rungs (and composites) approved so far."""
     from predictors.approval import ApprovalError
@@ -29,6 +38,9 @@ def ladder(
         cfg = load_ladder(config)
     except LadderConfigError as e:
         fail(f"ladder config: {e}")
+    if table:
+        _table(cfg, beside or [])
+        return
     try:
         result = run_ladder(cfg, on_stage=lambda s: console.print(s, markup=False, highlight=False))
     except (ApprovalError, HelperError, MappingError, KeyError, TypeError, ValueError, OSError) as e:
@@ -50,6 +62,22 @@ def ladder(
         out.print("[bold red]STOPPED[/]: a step failed its thresholds; later rungs were not trained")
         raise typer.Exit(1)
     out.print(f"[bold green]COMPLETE[/]: {len(cfg.rungs)} rungs approved in a chain")
+
+
+def _table(cfg, beside: list[str]) -> None:
+    from ..gate import GateConfigError
+    from ..holdout import HoldoutError
+    from ..ladder_table import ladder_table, reference_rows, to_markdown
+
+    try:
+        result = ladder_table(cfg, on_stage=lambda s: console.print(s, markup=False, highlight=False))
+    except (FileNotFoundError, GateConfigError) as e:
+        fail(f"ladder table: {e}")
+    except HoldoutError as e:
+        fail(f"ladder table refused by the holdout limit: {e}", code=1)
+    typer.echo(to_markdown(result, reference_rows(beside, list(cfg.suites))))
+    typer.echo("Team KL: sealed mean KL(target || team) in nats, 95% bootstrap CI, released on the gate's 0.05 grid; "
+               "one gate per level (reports under results/gates/). An evaluation among many, not a proof of safety.")
 
 
 def register(app: typer.Typer) -> None:

@@ -70,6 +70,35 @@ def test_two_rungs_form_a_chain(registry, tiny_suite, tmp_path):
     code = runner.invoke(app, ["ladder", str(tmp_path / "t.yaml")])
     assert code.exit_code == 0 and "COMPLETE" in code.output
 
+    # --table: one gate per level on the target; each team KL is the chosen member's own sealed KL (independently
+    # scored here), released on the gate's 0.05-nat grid
+    from evals.ladder_table import load_table
+    from evals.scoring import predict_validated, score
+    from predictors import PredictorContext, create
+    from tasks import load_suite
+
+    shown = runner.invoke(app, ["ladder", str(tmp_path / "t.yaml"), "--table", "--beside", "uniform"])
+    assert shown.exit_code == 0, shown.output
+    table = load_table(cfg)
+    assert [r["level"] for r in table["rows"]] == [0, 1, 2] and [r["rung"] for r in table["rows"]] == [None, "a", "b"]
+    assert "team KL on target, sealed tiny" in shown.output and "| 2 | b |" in shown.output
+    suite = load_suite("tiny")
+    top = yaml.safe_load(Path(table["rows"][2]["gate"]).read_text())["team"]["members"]
+    assert [m["name"] for m in top] == ["uniform", "unigram", "model", "mixture", "model", "mixture"]
+    for row in table["rows"]:
+        cell = row["suites"]["tiny"]
+        members = yaml.safe_load(Path(row["gate"]).read_text())["team"]["members"]
+        chosen = next(m for m in members if cell["chosen"].startswith(m["name"])
+                      and all(str(v) in cell["chosen"] for v in (m.get("options") or {}).values()))
+        p = create(chosen["name"], PredictorContext.from_suite(suite), **(chosen.get("options") or {}))
+        direct = score(suite, "sealed", predict_validated(suite, "sealed", p), predictor={"name": "direct"},
+                       write=False).summary["metrics"]["kl_nats"]["mean"][0]
+        assert abs(cell["kl_nats"] - direct) <= 0.025 + 1e-9, (row["level"], cell, direct)
+        assert Path(row["gate_report"], "report.json").is_file() and row["verdict"] in ("PASS", "FAIL")
+    assert [r["valid_loss"] for r in table["rows"][1:]] == [first["training"]["final_valid_loss"],
+                                                            second["training"]["final_valid_loss"]]
+    assert table["rows"][1]["approved"] and table["rows"][1]["decided_by"]["threshold"] == 50.0
+
 
 def test_a_failed_rung_stops_the_ladder(registry, tiny_suite, tmp_path):
     from predictors.approval import load_records
@@ -81,6 +110,13 @@ def test_a_failed_rung_stops_the_ladder(registry, tiny_suite, tmp_path):
     assert not chain["complete"] and [e["approved"] for e in chain["chain"]] == [False]
     assert chain["chain"][0]["record"] is None and chain["chain"][0]["evidence"]  # the failed attempt has evidence
     assert not load_records() and not trained_helper_dir("f-b").exists()
+    shown = runner.invoke(app, ["ladder", str(tmp_path / "f.yaml"), "--table"])  # level 0, then where it stopped
+    assert shown.exit_code == 0 and "not approved" in shown.output
+    from evals.ladder_table import load_table
+
+    rows = load_table(load_ladder(tmp_path / "f.yaml"))["rows"]
+    assert [(r["level"], r["approved"], bool(r["suites"])) for r in rows] == [(0, None, True), (1, False, False)]
+    assert rows[1]["decided_by"]["bound"] > rows[1]["decided_by"]["threshold"] == 1e-6
 
 
 @pytest.mark.parametrize("change, match", [
