@@ -194,7 +194,7 @@ def create_with_approval(name: str, ctx: PredictorContext, options: dict[str, An
     return predictor, meta
 
 
-def create(name: str, ctx: PredictorContext, *, allow_unapproved: bool = False, **options: Any) -> Predictor:
+def create(name: str, ctx: PredictorContext, /, *, allow_unapproved: bool = False, **options: Any) -> Predictor:
     """Instantiate a registered predictor, after the one approval check; unknown names get the list of known ones.
 
     Refuses (``predictors.approval.ApprovalError``) a system that is neither level 0 nor approved, unless

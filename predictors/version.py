@@ -80,7 +80,7 @@ def version_system_identity(name: str, options: dict[str, Any] | None = None) ->
 class VersionPredictor:
     """Version NAME's own distributions over the target's vocabulary (full vectors), smoothed by a small floor."""
 
-    def __init__(self, ctx: PredictorContext, name: str, **options: Any) -> None:
+    def __init__(self, ctx: PredictorContext, name: str, /, **options: Any) -> None:
         from tasks.versions import VersionsError, find_version
 
         self.name, self.ctx = name, ctx

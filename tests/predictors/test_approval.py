@@ -119,6 +119,28 @@ def test_levels_chain(registry, tiny_suite, tiny_helper, tmp_path):
     assert outcome.approved and outcome.level == 2 and load_records()[-1].level == 2
 
 
+def test_a_helper_named_by_option_is_approved(registry, tiny_suite, tiny_helper):
+    """``tiny-helper`` with ``name``: the option reaches the factory (it once collided with ``create``'s own
+    ``name`` parameter: TypeError); the approval covers the named helper's weights, not the default one's."""
+    from predictors.model import trained_helper_dir
+    from predictors.train_helper import TrainConfig, train_helper
+
+    other = trained_helper_dir("other-tiny")
+    train_helper(other, TrainConfig(corpora=("wiki",), steps=2, batch_size=2, context=32, hidden=32, layers=1,
+                                    heads=2, warmup=1, seed=3, eval_every=2, eval_batches=1))
+    try:
+        outcome = approve("tiny-helper", {"name": "other-tiny"}, ["tiny"], approvers=FAST, thresholds=LENIENT)
+        assert outcome.approved and outcome.level == 1
+        assert load_records()[-1].key == system_identity("model", {"path": str(other)})["key"]
+        assert approval_status("tiny-helper", {"name": "other-tiny"})[0] and not approval_status("tiny-helper")[0]
+        p = create("tiny-helper", PredictorContext.from_suite(tiny_suite), name="other-tiny")
+        assert p.identity()["helper"]["weights_sha256"] == system_identity("model", {"path": str(other)})["weights_sha256"]
+    finally:
+        import shutil
+
+        shutil.rmtree(other, ignore_errors=True)
+
+
 @pytest.mark.parametrize("name, options, suites, error, match", [
     ("model", {"path": "/no/such/model.gguf"}, ["tiny"], HelperError, "does not exist"),
     ("ngram", {}, ["tiny"], ApprovalError, "nothing to approve"),
