@@ -63,6 +63,7 @@ def load_file(path: Path, suite: Suite, split: str) -> ValidatedPredictions:
     """Read and validate a predictions file against a suite split (bad lines reported, good ones kept).
 
     The file is streamed (``predictors.jsonl.validate_file``): memory is the accepted rows, not the file's lines.
+    To score a file without holding its whole rows, see ``evals.stream_scoring.score_file``.
     """
     if not path.is_file():
         raise ScoringError(f"predictions file {path} does not exist")
@@ -79,18 +80,34 @@ def score(suite: Suite, split: str, preds: ValidatedPredictions, *, predictor: d
     unapproved; other names (files, humans, a gate's team) keep their metadata, or are level-0 files without it.
     """
     predictor = with_approval(predictor)
-    if strict and (preds.errors or preds.missing):
-        raise ScoringError(f"strict mode: {len(preds.errors)} rejected line(s), {len(preds.missing)} prompt(s) "
-                           "without a prediction; nothing scored")
-    if not preds.prompt_ids:
-        raise ScoringError("no valid prediction to score" + (f": {preds.errors[0]}" if preds.errors else ""))
+    refuse(preds.prompt_ids, preds.errors, preds.missing, strict)
     if split == "sealed":
         suite.verify_commitment()
         from .holdout import check, default_limit
 
         check(suite, predictor.get("label") or predictor["name"], default_limit())  # holdout hygiene
-    ids = suite.truth_split(split)[0]
     per_prompt = score_validated(suite, split, preds)
+    return record(suite, split, per_prompt, preds, predictor=predictor, seed=seed, source=source, write=write,
+                  results_root=results_root)
+
+
+def refuse(accepted: Sequence[str], errors: Sequence[str], missing: Sequence[str], strict: bool) -> None:
+    """Raise ``ScoringError`` when nothing may be scored: in strict mode with any rejected line or missing prompt,
+    or with no accepted prediction."""
+    if strict and (errors or missing):
+        raise ScoringError(f"strict mode: {len(errors)} rejected line(s), {len(missing)} prompt(s) "
+                           "without a prediction; nothing scored")
+    if not accepted:
+        raise ScoringError("no valid prediction to score" + (f": {errors[0]}" if errors else ""))
+
+
+def record(suite: Suite, split: str, per_prompt: pd.DataFrame, preds: Any, *, predictor: dict[str, Any], seed: int,
+           source: Path | None, write: bool, results_root: Path | None) -> Score:
+    """The run record of per-prompt metrics (rows in the order of ``preds.prompt_ids``, no id column yet): the id and
+    context-length columns, the summary with CIs and provenance, the holdout count for ``sealed`` (``preds.digest()``,
+    so ``preds`` is a ``ValidatedPredictions`` there; elsewhere anything with ``prompt_ids``, ``errors``,
+    ``missing``); written under ``results/<run-id>/`` when ``write``."""
+    ids = suite.truth_split(split)[0]
     prompts = {p.id: p for p in suite.prompts(split)}
     per_prompt.insert(0, "prompt_id", preds.prompt_ids)
     per_prompt.insert(1, "context_tokens", [len(prompts[p].token_ids) for p in preds.prompt_ids])
@@ -118,11 +135,11 @@ def score(suite: Suite, split: str, preds: ValidatedPredictions, *, predictor: d
                               if c not in ("prompt_id", "context_tokens")}, seed=seed),
     }
     if split == "sealed":  # holdout hygiene: every sealed scoring is counted per predictor (evals/holdout.py)
-        from .holdout import record
+        from .holdout import record as count
 
         digest = preds.digest()  # sha256(json(prompt ids) + full float64 rows), one row at a time
-        summary["holdout"] = {"submission": record(suite, predictor.get("label") or name, run_id=summary["run_id"],
-                                                   digest=digest), "predictions_sha256": digest}
+        summary["holdout"] = {"submission": count(suite, predictor.get("label") or name, run_id=summary["run_id"],
+                                                  digest=digest), "predictions_sha256": digest}
     run_dir = records.write_run(summary, per_prompt, root=results_root) if write else None
     return Score(per_prompt, summary, preds.errors, run_dir)
 

@@ -49,8 +49,8 @@ def score(
     from tasks import SuiteError
 
     from ..holdout import HoldoutError
-    from ..scoring import ScoringError, load_file
-    from ..scoring import score as do_score
+    from ..scoring import ScoringError
+    from ..stream_scoring import score_file
 
     s = load_suite(suite)
     found = read_meta(file)
@@ -72,21 +72,24 @@ def score(
         return score_step_round(s, split, round_, file, meta, seed=seed)
     if spec(s) is not None:  # a trajectory suite asks whole-continuation questions
         return score_trajectories(s, split, file, meta, strict=strict, seed=seed)
-    try:
-        preds = load_file(file, s, split)
+
+    def report(preds: Any) -> None:  # the rejected lines, before a strict or empty file is refused
         for msg in preds.errors[:20]:
             console.print(f"[yellow]rejected[/] {msg}", markup=True, highlight=False)
         if len(preds.errors) > 20:
             console.print(f"[yellow]... and {len(preds.errors) - 20} more rejected lines[/]")
-        result = do_score(s, split, preds, predictor=meta, strict=strict, seed=seed, source=file)
+
+    try:  # validated and scored as one stream: full vectors never all held (evals/stream_scoring.py)
+        result = score_file(s, split, file, predictor=meta, strict=strict, seed=seed, on_validated=report)
     except SuiteError as e:
         fail(str(e))
     except (ScoringError, HoldoutError) as e:
         fail(str(e), code=1)
-    m = result.summary["metrics"]
+    summ = result.summary
+    m = summ["metrics"]
     table = Table("metric", "mean [95% CI]", "median", "p90", "max", title=f"{meta.get('label', meta['name'])} on "
-                  f"{s.name}/{split}: {result.summary['n_scored']} scored, {len(preds.errors)} rejected, "
-                  f"{len(preds.missing)} missing")
+                  f"{s.name}/{split}: {summ['n_scored']} scored, {summ['n_rejected']} rejected, "
+                  f"{len(summ['missing'])} missing")
     keys = [k for k in KEYS if k in m]
     if split == "sealed":  # target-side values are functions of the sealed truth alone: not shown
         keys = [k for k in keys if not k.startswith("target_")]

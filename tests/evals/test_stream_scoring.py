@@ -1,0 +1,140 @@
+"""``logitpred score`` as one stream (``evals.stream_scoring``): each chunk of whole vectors scored as validation
+fills it gives the per-prompt values, messages and run record of validating the whole file first
+(``load_file`` + ``score``), bit for bit, whatever the chunk size; strict mode, empty files and the sealed split
+(whose ledger digest needs every row) keep their behaviour."""
+
+import base64
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from evals.cli import app
+from evals.scoring import ScoringError, load_file, score, score_validated
+from evals.stream_scoring import score_file, score_stream, stream_of
+
+
+def b64(q: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(q, dtype="<f4").tobytes()).decode()
+
+
+def mixed_lines(suite, split: str) -> list[str]:
+    """Predictions of every kind for ``split``: float32 vectors (one with zeros, kept whole as float64; one mostly
+    zeros, kept sparse), a float64 ``probs`` list, a ``top`` line, and rejected lines among them, out of suite order."""
+    ids, logp, _ = suite.truth_split(split)
+    V, rng = logp.shape[1], np.random.default_rng(3)
+
+    def vector(i: int, zeros: int = 0) -> np.ndarray:
+        q = np.exp(logp[i].astype(np.float64) + rng.standard_normal(V)).astype(np.float32)
+        q[rng.choice(V, zeros, replace=False)] = 0
+        return (q / q.sum(dtype=np.float64)).astype(np.float32)
+
+    lines = [json.dumps({"prompt_id": ids[i], "probs_b64": b64(vector(i))}) for i in range(len(ids))]
+    lines[1] = json.dumps({"prompt_id": ids[1], "probs_b64": b64(vector(1, zeros=500))})
+    lines[2] = json.dumps({"prompt_id": ids[2], "probs_b64": b64(vector(2, zeros=V - 30))})
+    lines[3] = json.dumps({"prompt_id": ids[3], "probs": vector(3).astype(np.float64).tolist()})
+    lines[4] = json.dumps({"prompt_id": ids[4], "top": {" the": 0.3, " of": 0.1}, "rest": "unigram"})
+    lines = lines[::-1] + [
+        json.dumps({"prompt_id": ids[0], "probs_b64": b64(vector(0))}),  # duplicate
+        json.dumps({"prompt_id": "nope", "probs_b64": b64(vector(0))}),  # unknown
+        json.dumps({"prompt_id": ids[0], "probs_b64": b64(vector(0) * 2)})[:-3] + "}",  # malformed
+    ]
+    return lines
+
+
+def same_metrics(a, b, tol: float = 1e-9) -> bool:
+    """Two summaries' metrics (nested dicts and lists of numbers) agree to ``tol``."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_metrics(a[k], b[k], tol) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_metrics(x, y, tol) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or abs(a - b) <= tol
+    return a == b
+
+
+@pytest.fixture
+def mixed(tiny_suite, tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(mixed_lines(tiny_suite, "practice")) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("rows", [1, 2, None])
+def test_streamed_scores_equal_validating_the_whole_file_first(tiny_suite, mixed, rows):
+    old = load_file(mixed, tiny_suite, "practice")
+    want = score_validated(tiny_suite, "practice", old)
+    got, rest = score_stream(tiny_suite, "practice", stream_of(mixed, tiny_suite, "practice", rows=rows))
+    assert rest.prompt_ids == old.prompt_ids and rest.errors == old.errors and rest.missing == old.missing
+    assert len(old.errors) == 3 and old.rows.is_full.sum() == 4 and len(rest.sparse.prompt_ids) == 2
+    assert list(got.columns) == list(want.columns) and len(got) == len(old.prompt_ids)
+    for c in want.columns:  # the rows are bit for bit the same; a row's sums (einsum) may be added in another order
+        # in a chunk of another shape (1 row, not 2): ~1e-14
+        np.testing.assert_allclose(got[c].to_numpy(), want[c].to_numpy(), rtol=0, atol=1e-12, err_msg=c)
+
+
+def test_score_file_gives_scores_run_record_and_messages(tiny_suite, mixed):
+    seen = []
+    got = score_file(tiny_suite, "practice", mixed, predictor={"name": "stream"}, write=False,
+                     on_validated=seen.append)
+    old = load_file(mixed, tiny_suite, "practice")
+    want = score(tiny_suite, "practice", old, predictor={"name": "stream"}, source=mixed, write=False)
+    assert seen[0].errors == old.errors and got.errors == want.errors
+    for c in want.per_prompt.columns:
+        a, b = got.per_prompt[c].to_numpy(), want.per_prompt[c].to_numpy()
+        if a.dtype.kind == "f":
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12, err_msg=c)
+        else:
+            assert list(a) == list(b), c
+    a, b = got.summary, want.summary
+    for key in ("n_prompts", "n_scored", "n_rejected", "missing", "errors", "predictions_file", "predictor",
+                "split", "seed"):
+        assert a[key] == b[key], key
+    assert same_metrics(a["metrics"], b["metrics"])
+
+
+def test_strict_and_empty_files_are_refused_as_before(tiny_suite, mixed, tmp_path):
+    def message(fn):
+        with pytest.raises(ScoringError) as e:
+            fn()
+        return str(e.value)
+
+    old = load_file(mixed, tiny_suite, "practice")
+    strict = message(lambda: score_file(tiny_suite, "practice", mixed, predictor={"name": "s"}, strict=True,
+                                        write=False))
+    assert strict == message(lambda: score(tiny_suite, "practice", old, predictor={"name": "s"}, strict=True,
+                                           write=False))
+    assert strict.startswith("strict mode: 3 rejected line(s), 0 prompt(s)")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt_id": "nope", "top": {}}\n{oops\n')
+    empty = message(lambda: score_file(tiny_suite, "practice", bad, predictor={"name": "s"}, write=False))
+    assert empty == message(lambda: score(tiny_suite, "practice", load_file(bad, tiny_suite, "practice"),
+                                          predictor={"name": "s"}, write=False))
+    assert empty.startswith("no valid prediction to score: line 1: unknown prompt_id 'nope'")
+    gone = message(lambda: score_file(tiny_suite, "practice", tmp_path / "gone.jsonl", predictor={"name": "s"}))
+    assert "does not exist" in gone
+
+
+def test_the_sealed_split_keeps_the_ledger_digest(tiny_suite, tmp_path):
+    path = tmp_path / "sealed.jsonl"
+    lines = [x for x in mixed_lines(tiny_suite, "sealed") if '"nope"' not in x]
+    path.write_text("\n".join(lines) + "\n")
+    got = score_file(tiny_suite, "sealed", path, predictor={"name": "stream-sealed"}, write=False)
+    assert got.summary["holdout"]["predictions_sha256"] == load_file(path, tiny_suite, "sealed").digest()
+
+
+def test_the_cli_scores_a_full_vector_file_as_the_library_does(tiny_suite, mixed, tmp_path):
+    results = tiny_suite.path.parent.parent / "results"
+    before = set(results.glob("*-tiny-practice-mixed"))
+    result = CliRunner().invoke(app, ["score", str(mixed), "-s", "tiny", "--split", "practice", "--name", "cli"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.replace("│", " ").split())
+    assert "line 7: duplicate prompt_id" in out and "line 9: malformed JSON" in out
+    assert "6 scored, 3 rejected, 0 missing" in out
+    (run_dir,) = set(results.glob("*-tiny-practice-mixed")) - before
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["predictor"]["label"] == "cli"
+    old = load_file(mixed, tiny_suite, "practice")
+    want = score(tiny_suite, "practice", old, predictor={"name": "cli"}, source=mixed, write=False).summary
+    assert same_metrics(summary["metrics"], json.loads(json.dumps(want["metrics"])))
