@@ -14,8 +14,12 @@ same options) or the same team rule on both suites.
 - ``gap_pairs``: which (ordinary, shifted) pairs a list of suites holds (a found suite's manifest names its ordinary
   suite, ``tasks.found``); ``to_markdown``: the table.
 
-Left out: trajectory metrics (whole-continuation log10 error, trajectory KL) in the gap; prompts paired by
-construction (a found prompt with an ordinary prompt it extends).
+Trajectory suites (a found trajectory suite beside its ordinary trajectory suite): ``evals.gap_trajectory`` gives the
+same table for whole-continuation metrics (per question) and the trajectory KL (per target sample), and
+``gap_section`` stacks both kinds.
+
+Left out: prompts paired by construction (a found prompt with an ordinary prompt it extends); a cluster bootstrap
+over search sources; a gap between suites of different kinds (a next-token suite against a trajectory suite).
 """
 
 from __future__ import annotations
@@ -135,7 +139,9 @@ def to_markdown(df: pd.DataFrame) -> str:
 
     lines = ["## Predictability gap: found (shifted) vs ordinary prompts", "",
              "gap = mean on the shifted suite - mean on the ordinary suite, same predictor; 95% CI from resampling "
-             "each suite's prompts independently (the prompts are not paired).", "",
+             "each suite's prompts independently (the prompts are not paired). Trajectory suites: whole-continuation "
+             "metrics per question (mean_abs_log10_error in orders of magnitude, within_10x_share), trajectory_kl "
+             "(nats) per target sample; n counts those.", "",
              "| ordinary | shifted | split | predictor | metric | n (ord / shifted) | ordinary [95% CI] | "
              "shifted [95% CI] | gap [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
     for r in df.itertuples():
@@ -148,11 +154,16 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 def gap_section(suites: list[str], split: str, *, root: Path | None = None, seed: int = 0) -> str:
     """For the leaderboard: the gap table of every (ordinary, shifted) pair among ``suites`` (``gap_pairs``) on
-    ``split``, written as ``results/leaderboards/gap-<split>.csv``; returns its Markdown ("" when there is none)."""
+    ``split`` (next-token metrics, or trajectory metrics for a pair of trajectory suites), written as ``results/leaderboards/gap-<split>.csv``; returns its Markdown ("" when there is none)."""
     from tasks.io import atomic_write_text
     from tasks.paths import results_dir
 
-    parts = [gap_table(o, s, split, root=root, seed=seed) for o, s in gap_pairs(suites)]
+    from .gap_trajectory import gap_table as trajectory_gap_table
+    from .records import read_runs
+
+    runs = read_runs(root)  # a pair's rows are of one kind: the other table of it is empty
+    parts = [t(o, s, split, runs=runs, seed=seed) for o, s in gap_pairs(suites)
+             for t in (gap_table, trajectory_gap_table)]
     parts = [p for p in parts if not p.empty]
     if not parts:
         return ""

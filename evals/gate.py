@@ -276,6 +276,7 @@ def check_holdout(cfg: GateConfig, suites: dict[str, Any]) -> None:
     """Refuse (``holdout.HoldoutError``) before anything runs if the team or a member has used up a sealed split, or
     would pass the limit with the submissions this gate makes (two on a trajectory suite gated on whole continuations
     and on the trajectory KL: ``evals.gate_trajectory.submissions_needed``)."""
+    from .gate_gap import needs
     from .gate_trajectory import submissions_needed
 
     need: dict[tuple[str, str], int] = {}
@@ -283,7 +284,7 @@ def check_holdout(cfg: GateConfig, suites: dict[str, Any]) -> None:
         if spec.split == "sealed":
             for label in (cfg.team_label, *(m.label for m in cfg.members)):
                 key = (spec.name, label)
-                need[key] = need.get(key, 0) + submissions_needed(spec, suites[spec.name])
+                need[key] = need.get(key, 0) + submissions_needed(spec, suites[spec.name], needs(cfg, spec.name))
     for (name, label), n in need.items():
         so_far = holdout.check(suites[name], label, cfg.max_submissions)
         if cfg.max_submissions is not None and so_far + n > cfg.max_submissions:

@@ -5,18 +5,24 @@ found (shifted) suite than on an ordinary one.
 gap:
   - {ordinary: wiki, shifted: wiki-found, metric: kl_nats, max: 1.0}   # upper 95% bound of the gap <= 1.0 nats
   - {ordinary: wiki, shifted: wiki-found, metric: top1}                # reported, not bounded
+  - {ordinary: wiki-traj, shifted: wiki-found-traj, metric: mean_abs_log10_error, max: 0.5}   # trajectory suites
 ```
 
 Both suites must be listed under ``suites:`` (the team is scored on each there, by the team rule, and those run
-records are what the gap reads: nothing is scored twice, no extra sealed submission is made) and be next-token
-suites; ``metric`` is a per-prompt next-token metric (``evals.gate.metric_names``), ``statistic`` mean (default),
-median or p90. The gap is ``statistic(shifted) - statistic(ordinary)`` of the team's per-prompt values with the
-independent-bootstrap 95% CI of ``evals.gap.gap_ci`` (the suites' prompts are different prompts: each is resampled on
-its own). ``{max: x}`` passes when the upper CI bound is <= x, ``{min: x}`` when the lower bound is >= x; with
+records are what the gap reads: nothing is scored twice) and be of one kind. On next-token suites ``metric`` is a
+per-prompt next-token metric (``evals.gate.metric_names``); on trajectory suites a trajectory metric
+(``evals.gate_trajectory.TRAJECTORY_METRICS``: the whole-continuation ones per question, ``trajectory_kl`` per target
+sample, suites built with samples only; ``evals.gap_trajectory``). A metric of the other kind, or suites of two kinds,
+is a config error (exit 2) naming the metric and the suites' kinds. When a suite's own thresholds do not already make
+the gate score what the gap reads (the whole continuations, or a step-wise attempt for ``trajectory_kl``), the gate
+scores it too (``needs``), and that is counted as a sealed submission before anything runs. ``statistic``: mean
+(default), median or p90. The gap is ``statistic(shifted) - statistic(ordinary)`` of the team's per-prompt (or
+per-question, per-sample) values with the independent-bootstrap 95% CI of ``evals.gap.gap_ci`` (the suites' prompts
+are different prompts: each is resampled on its own). ``{max: x}`` passes when the upper CI bound is <= x, ``{min: x}`` when the lower bound is >= x; with
 neither, the gap is reported and always passes. When either suite is gated on its sealed split the gap is released on
 the holdout grid of its metric (bounds outward), and the decision uses the released bounds.
 
-Left out: trajectory metrics in the gap.
+Left out: a gap between a next-token suite and a trajectory suite.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class GapCriterion:
 def parse(raw: Any, suites: Any) -> tuple[GapCriterion, ...]:
     """Check a ``gap:`` section against the config's suite specs; raises ``GateConfigError`` naming the key."""
     from .gate import STATISTICS, GateConfigError, _keys, metric_names
+    from .gate_trajectory import TRAJECTORY_METRICS
 
     if not isinstance(raw, list) or not raw:
         raise GateConfigError("gap: list at least one criterion, e.g. - {ordinary: wiki, shifted: wiki-found, "
@@ -63,9 +70,10 @@ def parse(raw: Any, suites: Any) -> tuple[GapCriterion, ...]:
         if g["ordinary"] == g["shifted"]:
             raise GateConfigError(f"{at}: ordinary and shifted name the same suite {g['ordinary']!r}")
         metric = g.get("metric", "kl_nats")
-        if metric not in metric_names():
-            raise GateConfigError(f"{at}.metric: {metric!r} is not a per-prompt next-token metric; use one of "
-                                  f"{', '.join(metric_names())}")
+        if metric not in metric_names() and metric not in TRAJECTORY_METRICS:
+            raise GateConfigError(f"{at}.metric: {metric!r} is not a per-prompt next-token metric (on next-token "
+                                  f"suites: {', '.join(metric_names())}) nor a trajectory metric (on trajectory "
+                                  f"suites: {', '.join(TRAJECTORY_METRICS)})")
         stat = g.get("statistic", "mean")
         if stat not in STATISTICS:
             raise GateConfigError(f"{at}.statistic: {stat!r} is not one of {', '.join(STATISTICS)}")
@@ -82,15 +90,58 @@ def parse(raw: Any, suites: Any) -> tuple[GapCriterion, ...]:
 
 
 def check(cfg: Any, suites: dict[str, Any]) -> None:
-    """Before anything runs: both suites of every criterion are next-token suites (``GateConfigError`` if not)."""
+    """Before anything runs: both suites of every criterion are of one kind, the metric is of that kind, and a
+    ``trajectory_kl`` gap has samples on both suites (module doc); raises ``GateConfigError`` (exit 2) naming the
+    criterion, the metric and the suites' kinds."""
+    from tasks.trajectory import asked, spec
+
     from .gate import GateConfigError
-    from .gate_trajectory import is_trajectory
+    from .gate_trajectory import STEP_METRIC, is_trajectory, kind_of_metric
 
     for i, g in enumerate(cfg.gap):
+        kinds = {k: "trajectory" if is_trajectory(suites[getattr(g, k)]) else "next-token"
+                 for k in ("ordinary", "shifted")}
+        shown = f"{g.ordinary!r} is a {kinds['ordinary']} suite and {g.shifted!r} a {kinds['shifted']} suite"
+        if kinds["ordinary"] != kinds["shifted"]:
+            raise GateConfigError(f"gap[{i}]: {shown}; a gap compares two suites of one kind (build the found suite "
+                                  "with the ordinary suite's --continuation, or pick an ordinary suite of its kind)")
+        kind = kinds["ordinary"]
+        if kind_of_metric(g.metric) != kind:
+            other = "trajectory" if kind == "next-token" else "next-token"
+            example = "mean_abs_log10_error, trajectory_kl, ..." if kind == "trajectory" else "kl_nats, top1, ..."
+            raise GateConfigError(f"gap[{i}].metric: {g.metric} is a {other} metric and {shown}; use a {kind} metric "
+                                  f"for them ({example})")
         for k in ("ordinary", "shifted"):
-            if is_trajectory(suites[getattr(g, k)]):
-                raise GateConfigError(f"gap[{i}].{k}: {getattr(g, k)!r} is a trajectory suite; the gap is measured on "
-                                      "next-token suites only")
+            name = getattr(g, k)
+            if kind == "trajectory" and g.metric == STEP_METRIC and not spec(suites[name]).k:
+                raise GateConfigError(f"gap[{i}].metric: {STEP_METRIC} is measured along the target's samples and "
+                                      f"{k} suite {name!r} has none (built without --samples); rebuild it with "
+                                      "--samples K or use mean_abs_log10_error")
+            if kind == "trajectory" and g.metric != STEP_METRIC and not asked(suites[name])["whole_continuation"]:
+                raise GateConfigError(f"gap[{i}].metric: {g.metric} is read from whole-continuation questions and "
+                                      f"{k} suite {name!r} asks none")
+
+
+def needs(cfg: Any, suite: str) -> set[str]:
+    """The trajectory metrics the ``gap:`` criteria read on ``suite`` (what ``evals.gate_trajectory`` must score
+    there besides its thresholds): ``trajectory_kl`` (a step-wise attempt) and/or one whole-continuation metric."""
+    from .gate_trajectory import STEP_METRIC, TRAJECTORY_METRICS
+
+    return {g.metric if g.metric == STEP_METRIC else "mean_abs_log10_error" for g in cfg.gap
+            if g.metric in TRAJECTORY_METRICS and suite in (g.ordinary, g.shifted)}
+
+
+def _values(result: dict[str, Any], metric: str) -> Any:
+    """The team's per-prompt (next-token) or per-question / per-sample (trajectory) values on one suite's result."""
+    from tasks.io import read_json
+
+    from . import gap_trajectory
+
+    if result.get("kind") != "trajectory":
+        return pd.read_csv(results_dir() / result["run_id"] / "per_prompt.csv")[metric].to_numpy()
+    run_id = result["run_ids"]["step_wise" if metric == gap_trajectory.STEP_METRIC else "whole_continuations"]
+    run = {**read_json(results_dir() / run_id / "summary.json"), "_dir": str(results_dir() / run_id)}
+    return gap_trajectory.values(run, metric)
 
 
 def section(cfg: Any, results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -101,7 +152,7 @@ def section(cfg: Any, results: list[dict[str, Any]]) -> dict[str, Any]:
     checks = []
     for g in cfg.gap:
         a, b = by_name[g.ordinary], by_name[g.shifted]
-        va, vb = (pd.read_csv(results_dir() / r["run_id"] / "per_prompt.csv")[g.metric].to_numpy() for r in (a, b))
+        va, vb = (_values(r, g.metric) for r in (a, b))
         sealed = "sealed" in (a["split"], b["split"])
         step = holdout.step_for(g.metric, cfg.steps) if sealed else None
         res = released_gap(gap_ci(va, vb, statistic=g.statistic, seed=cfg.seed), step)
@@ -111,7 +162,9 @@ def section(cfg: Any, results: list[dict[str, Any]]) -> dict[str, Any]:
                        **res, "step": step, "bound": g.bound,
                        "threshold": g.limit, "compared": compared, "passed": bool(ok),
                        "team": [a["team"].get("chosen", "mixture"), b["team"].get("chosen", "mixture")],
-                       "runs": [a["run_id"], b["run_id"]]})
+                       "runs": [a["run_id"], b["run_id"]] if a.get("kind") != "trajectory" else
+                       [r["run_ids"]["step_wise" if g.metric == "trajectory_kl" else "whole_continuations"]
+                        for r in (a, b)]})
     return {"checks": checks, "passed": all(c["passed"] for c in checks)}
 
 

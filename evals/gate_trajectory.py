@@ -121,12 +121,13 @@ def check_kinds(cfg: Any, suites: dict[str, Any]) -> None:
                 f"or list a {kind} suite")
 
 
-def submissions_needed(spec: Any, suite: Any) -> int:
+def submissions_needed(spec: Any, suite: Any, extra: set[str] = frozenset()) -> int:
     """How many sealed submissions one suite entry adds per label (1 on a next-token suite; on a trajectory suite one
-    for the whole continuations and one for the step-wise attempt, each only when a threshold needs it)."""
+    for the whole continuations and one for the step-wise attempt, each only when a threshold, or a metric of
+    ``extra``, the gap criteria's ``evals.gate_gap.needs``, needs it)."""
     if not is_trajectory(suite):
         return 1
-    metrics = {t.metric for t in thresholds_for(spec, "trajectory")}
+    metrics = {t.metric for t in thresholds_for(spec, "trajectory")} | set(extra)
     return int(bool(metrics - {STEP_METRIC})) + int(STEP_METRIC in metrics)
 
 
@@ -218,18 +219,20 @@ def _worst(per: Any, questions: list[Any], n: int, step: float | None) -> list[d
 
 
 def evaluate(cfg: Any, spec: Any, suite: Any) -> dict[str, Any]:
-    """Run the team on one trajectory suite entry, write its run record(s), and judge every threshold."""
+    """Run the team on one trajectory suite entry, write its run record(s), and judge every threshold (and score
+    what the config's ``gap:`` criteria read on this suite, ``evals.gate_gap.needs``)."""
     from predictors import PredictorContext
     from predictors.chain import answer_questions, split_questions
     from tasks.trajectory import load_trajectories
 
     from . import holdout
     from .gate import team_meta
+    from .gate_gap import needs
     from .trajectory_scoring import score_trajectory_predictions
 
     ctx = PredictorContext.from_suite(suite)
     thresholds = thresholds_for(spec, "trajectory")
-    wanted = {t.metric for t in thresholds}
+    wanted = {t.metric for t in thresholds} | needs(cfg, suite.name)  # what the thresholds and the gap read
     team, decision, used = team_predictor(cfg, suite, ctx)
     meta = team_meta(cfg, decision)
     sealed = spec.split == "sealed"
@@ -274,7 +277,8 @@ def evaluate(cfg: Any, spec: Any, suite: Any) -> dict[str, Any]:
     checks = [judge(t, values[t.metric], holdout.step_for(t.metric, cfg.steps) if sealed else None)
               for t in thresholds]
     return {"suite": suite.name, "kind": "trajectory", "version": suite.version, "commitment": suite.commitment,
-            "trajectory_commitment": load_trajectories(suite).commitment, "split": spec.split, "role": spec.role,
+            "trajectory_commitment": load_trajectories(suite).commitment, "split": spec.split,
+            "role": spec.role or suite.manifest.get("role", ""),  # a found suite's manifest says shifted
             "n": sizes.get("questions", sizes.get("samples")), "sizes": sizes, "run_id": next(iter(runs.values())),
             "run_ids": runs, "team": decision, "checks": checks, "passed": all(c["passed"] for c in checks),
             "worst": worst, "trajectory_kl_per_step": per_step, "submissions": counts, "target": suite.target}
