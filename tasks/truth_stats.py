@@ -152,6 +152,8 @@ def compute_stats(logp: np.ndarray, background: np.ndarray | None = None, ks: Se
 CHUNK_ELEMENTS = 1 << 17  # vocabulary entries per chunk: (rows, V) float64 buffers of ~1 MiB (L2 holds a few)
 THREADS = 0  # worker threads for chunks; 0: the CPUs this process may use
 _LOCAL = threading.local()
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (workers, pool): kept between calls, forgotten in a fork
+_POOL_LOCK = threading.Lock()
 
 
 def chunk_rows(vocab_size: int) -> int:
@@ -173,15 +175,40 @@ def run_chunks(fn: Callable[[int, int], Any], n: int, step: int) -> list[Any]:
     """``[fn(start, stop) for each chunk]`` in order, on ``n_threads()`` threads when there is more than one chunk.
 
     Workers take runs of up to 8 consecutive chunks at a time from a shared queue: little scheduling per chunk, and a
-    worker slowed by other load on its core simply takes fewer runs."""
+    worker slowed by other load on its core simply takes fewer runs. The workers are kept between calls (``_pool``),
+    and with them their scratch buffers: a caller scoring a stream chunk by chunk (``evals.stream_scoring``) does not
+    pay new threads and the first touch of new buffers on every call. A call from a worker runs in that worker."""
     bounds = [(i, min(n, i + step)) for i in range(0, n, step)]
     workers = min(n_threads(), len(bounds))
-    if workers <= 1:
+    if workers <= 1 or getattr(_LOCAL, "worker", False):
         return [fn(a, b) for a, b in bounds]
     per = max(1, min(8, len(bounds) // (4 * workers)))
     runs = [bounds[i : i + per] for i in range(0, len(bounds), per)]
-    with ThreadPoolExecutor(workers) as pool:
-        return [out for run in pool.map(lambda rb: [fn(a, b) for a, b in rb], runs) for out in run]
+    return [out for run in _pool(workers).map(lambda rb: [fn(a, b) for a, b in rb], runs) for out in run]
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """This process's chunk workers, at least ``workers`` of them (a forked child starts its own)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] < workers:
+            if _POOL is not None:
+                _POOL[1].shutdown(wait=False)
+            _POOL = (workers, ThreadPoolExecutor(workers, thread_name_prefix="chunks", initializer=_mark_worker))
+        return _POOL[1]
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's workers are not there (nor may its lock be free)."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _mark_worker() -> None:
+    _LOCAL.worker = True
 
 
 def scratch(rows: int, vocab_size: int, n: int, dtype: Any = np.float64) -> list[np.ndarray]:

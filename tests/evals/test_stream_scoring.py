@@ -138,3 +138,24 @@ def test_the_cli_scores_a_full_vector_file_as_the_library_does(tiny_suite, mixed
     old = load_file(mixed, tiny_suite, "practice")
     want = score(tiny_suite, "practice", old, predictor={"name": "cli"}, source=mixed, write=False).summary
     assert same_metrics(summary["metrics"], json.loads(json.dumps(want["metrics"])))
+
+
+def test_chunk_workers_and_their_scratch_buffers_are_kept_between_calls(monkeypatch):
+    """A stream is scored one chunk per call: the workers (and so their thread-local scratch buffers) are the same
+    from call to call, not new threads with new buffers; a call from inside a worker runs there (no deadlock)."""
+    import threading
+
+    from tasks import truth_stats
+
+    monkeypatch.setattr(truth_stats, "THREADS", 2)
+
+    def where(a, b):
+        return threading.get_ident(), id(truth_stats.scratch(2, 64, 1)[0])
+
+    seen = {}
+    for _ in range(3):
+        for ident, buf in truth_stats.run_chunks(where, 64, 1):
+            assert seen.setdefault(ident, buf) == buf  # a thread keeps its buffer
+    assert 1 <= len(seen) <= 2 and threading.get_ident() not in seen
+    nested = truth_stats.run_chunks(lambda a, b: truth_stats.run_chunks(where, 4, 1), 8, 1)
+    assert all(len({ident for ident, _ in inner}) == 1 for inner in nested)  # each inner call stayed in its worker
