@@ -3,8 +3,8 @@ path (``evals.sparse.score_rows``: sparse rows in O(named tokens) against cached
 bulk total-variation / Jensen-Shannon pass on the chunked float64 kernels of ``evals.metrics``), side by side with
 *today's scorer* (a frozen copy, below, of the float64 numpy scorer this replaced: ``_Batch`` over 8-row chunks) and
 a per-prompt scipy loop, at vocabulary sizes 49,152 and 256,000 (synthetic truth and predictions); validating the
-same predictions from files (top+rest lines naming tokens, full-vector ``probs_b64`` lines) beside those scoring
-rates; then end to end ``logitpred score`` on a 10,000-line file. Ratios come from one run (this machine's load moves
+same predictions from files (top+rest lines naming tokens, full-vector ``probs_b64`` lines, those as ``logitpred
+score`` does: chunks through one reused buffer) beside those scoring rates; then end to end ``logitpred score`` on a 10,000-line file. Ratios come from one run (this machine's load moves
 all of them alike).
 
 Every path computes the same 10 metrics (KL, reverse KL, JS, TV, Brier, top-1, top-10 overlap, cross-entropy of the
@@ -41,6 +41,7 @@ from evals.sparse import score_rows  # noqa: E402
 from predictors.format import Prediction, check, densify  # noqa: E402
 from predictors.jsonl import _parse_whole_line, iter_jsonl, raw_lines, validate_file  # noqa: E402
 from predictors.rows import PredictionRows  # noqa: E402
+from predictors.stream import FileStream  # noqa: E402
 from tasks.truth_stats import chunk_rows, compute_stats, n_threads  # noqa: E402
 from tasks.vocab import Vocabulary  # noqa: E402
 
@@ -212,10 +213,12 @@ def bench_vocab(V: int, n: int, n_dense: int, n_ref: int, vocab: Vocabulary | No
 
 def bench_validation(V: int, vocab: Vocabulary, bg: np.ndarray, preds: list[Prediction], q: np.ndarray,
                      scoring: dict[str, Any], truth: tuple[np.ndarray, np.ndarray, Any]) -> None:
-    """Validation of the predictions just scored, written to files (streamed: read, parse, token lookup, checks, the
-    accepted rows kept), beside the scoring rates of this run; full-vector lines also parsed alone, by the shortcut
-    (``predictors.jsonl._parse_full_vector``) and by the JSON parser over the whole line, and the validated rows
-    scored (float32 as given, normalized as they are read: ``predictors.rows.RowBlocks``)."""
+    """Validation of the predictions just scored, written to files (read, parse, token lookup, checks), beside the
+    scoring rates of this run. Full-vector lines: as ``logitpred score`` validates them (``predictors.stream``: whole
+    rows checked into one reused buffer, chunk by chunk), and, for comparison, keeping every row
+    (``validate_file``: float32 as given, in new memory); parsed alone, by the shortcut
+    (``predictors.jsonl._parse_full_vector``) and by the JSON parser over the whole line; validated and scored as one
+    stream (``evals.stream_scoring``) against validating the whole file, then scoring its rows."""
     ids = [p.prompt_id for p in preds]
     with tempfile.TemporaryDirectory() as tmp:
         sparse, dense = Path(tmp) / "sparse.jsonl", Path(tmp) / "dense.jsonl"
@@ -231,27 +234,48 @@ def bench_validation(V: int, vocab: Vocabulary, bg: np.ndarray, preds: list[Pred
         out, t_s = timed(validate_file, sparse, ids, vocab, bg)
         assert not out.errors, out.errors[:3]
         del out
+        n, dense_ids = len(q), ids[: len(q)]
+
+        def stream(score: bool = False) -> int:
+            s = FileStream(dense, dense_ids, vocab, bg)
+            for chunk in s:
+                if score:
+                    score_rows(PredictionRows.from_dense(chunk.probs), truth[0], truth[1], truth[2],
+                               truth_rows=chunk.positions)
+            rest = s.rest()
+            assert not rest.errors and len(rest.prompt_ids) == n and not rest.sparse.prompt_ids, rest.errors[:3]
+            return len(s.buffer)
+
         cpu = time.process_time()
-        out_d, t_d = timed(validate_file, dense, ids[: len(q)], vocab, bg)
-        cpu = time.process_time() - cpu
+        chunk, t_stream = timed(stream)
+        cpu_stream = time.process_time() - cpu
+        cpu = time.process_time()
+        out_d, t_d = timed(validate_file, dense, dense_ids, vocab, bg)
+        cpu_keep = time.process_time() - cpu
         kept = sum(b.nbytes for b in getattr(out_d.rows.full, "blocks", [out_d.rows.full]))
         assert not out_d.errors and out_d.rows.is_full.all(), out_d.errors[:3]
-        _, t_parse = timed(lambda: sum(1 for _ in iter_jsonl(dense)))
-        _, t_whole = timed(lambda: sum(_parse_whole_line(n, b) is not None for n, b in raw_lines(dense)))
-        for (n, data), i in zip(raw_lines(dense), range(20), strict=False):  # the shortcut's rows: the parser's
-            assert np.array_equal(out_d.rows.row(i).full, densify(_parse_whole_line(n, data), vocab, bg))
+        for (k, data), i in zip(raw_lines(dense), range(20), strict=False):  # the shortcut's rows: the parser's
+            assert np.array_equal(out_d.rows.row(i).full, densify(_parse_whole_line(k, data), vocab, bg))
         _, t_kept = timed(score_rows, out_d.rows, *truth)
         del out_d
+        _, t_parse = timed(lambda: sum(1 for _ in iter_jsonl(dense)))
+        _, t_whole = timed(lambda: sum(_parse_whole_line(k, b) is not None for k, b in raw_lines(dense)))
+        _, t_both = timed(stream, True)
     r_sparse, (r_dec, r_all), r_dense = len(preds) / t_s, scoring["sparse"], scoring["dense"]
-    r_full = len(q) / t_d
-    print("validation beside scoring (the predictions above, from a file: read, parse, token lookup, checks, rows "
-          "kept; one thread):")
+    r_stream, r_keep = n / t_stream, n / t_d
+    print("validation beside scoring (the predictions above, from a file: read, parse, token lookup, checks; one "
+          "thread):")
     print(f"  top+rest lines (tokens by name): validate {r_sparse:,.0f} lines/s | score {r_dec:,.0f}/s (8 "
           f"decomposing), {r_all:,.0f}/s (all 10): validation {r_sparse / r_all:.1f}x scoring")
-    print(f"  full-vector lines (probs_b64): validate {r_full:,.0f} lines/s ({cpu / len(q) * 1e3:.2f} ms CPU a line, "
-          f"{kept / 2**20:,.0f} MiB of rows kept) | score {r_dense:,.0f}/s: validation {r_full / r_dense:.1f}x "
-          f"scoring; parsing alone {len(q) / t_parse:,.0f} lines/s (the JSON parser over the "
-          f"whole line: {len(q) / t_whole:,.0f} lines/s); the validated rows scored {len(q) / t_kept:,.0f}/s")
+    print(f"  full-vector lines (probs_b64), {n:,} lines: validate as `logitpred score` does (chunks of {chunk} rows "
+          f"through one reused buffer) {r_stream:,.0f} lines/s ({cpu_stream / n * 1e3:.2f} ms CPU a line) | score "
+          f"{r_dense:,.0f}/s: validation {r_stream / r_dense:.1f}x scoring")
+    print(f"    keeping every row instead (validate_file: {kept / 2**20:,.0f} MiB of new memory, float32 as given): "
+          f"{r_keep:,.0f} lines/s ({cpu_keep / n * 1e3:.2f} ms CPU a line), {r_keep / r_dense:.1f}x scoring; its rows "
+          f"scored {n / t_kept:,.0f}/s")
+    print(f"    parsing alone {n / t_parse:,.0f} lines/s (the JSON parser over the whole line: {n / t_whole:,.0f} "
+          f"lines/s); validate + score as one stream {n / t_both:,.0f} lines/s, validate_file then score "
+          f"{n / (t_d + t_kept):,.0f} lines/s")
 
 
 # --- end to end ---------------------------------------------------------------------------------------------------
