@@ -4,8 +4,8 @@ bulk total-variation / Jensen-Shannon pass on the chunked float64 kernels of ``e
 *today's scorer* (a frozen copy, below, of the float64 numpy scorer this replaced: ``_Batch`` over 8-row chunks) and
 a per-prompt scipy loop, at vocabulary sizes 49,152 and 256,000 (synthetic truth and predictions); validating the
 same predictions from files (top+rest lines naming tokens, full-vector ``probs_b64`` lines, those as ``logitpred
-score`` does: chunks through one reused buffer) beside those scoring rates; then end to end ``logitpred score`` on a 10,000-line file. Ratios come from one run (this machine's load moves
-all of them alike).
+score`` does: chunks through one reused buffer) beside those scoring rates; then end to end ``logitpred score`` on a
+10,000-line file. Ratios come from one run (this machine's load moves all of them alike).
 
 Every path computes the same 10 metrics (KL, reverse KL, JS, TV, Brier, top-1, top-10 overlap, cross-entropy of the
 realized token for prediction and target, target entropy); the "8 decomposing metrics" line leaves out TV and JS, the
