@@ -113,6 +113,38 @@ def test_gap_equals_the_run_records_and_a_direct_bootstrap(env):
     assert "Predictability gap" in md and "| gtord | gtfound | practice | unigram | trajectory_kl |" in md
 
 
+
+def test_per_sample_kl_of_rounds_scored_one_file_at_a_time(env):
+    """An attempt scored round by round (``logitpred score FILE --round t``) has one record per round: the per-sample
+    trajectory KL gathers them, reproduces the last round's trajectory KL, and equals the in-process attempt's."""
+    from evals.gap_trajectory import sample_kl, values
+    from evals.records import read_runs
+    from evals.stepwise import release, score_round_file
+    from tasks import load_suite
+    from tasks.trajectory.steps import step_plan
+
+    suite = load_suite("gtfound")
+    plan = step_plan(suite, "practice")
+    for t in range(1, plan.rounds + 1):  # every prediction uniform: KL_t = log V - H_t, known in closed form
+        path = env / f"r{t}.jsonl"
+        path.write_text("".join(json.dumps({"prompt_id": q["prompt_id"], "top": {}, "rest": "uniform"}) + "\n"
+                                for q in release(suite, "practice", t, "files")))
+        score_round_file(suite, "practice", t, path, predictor={"name": "files"})
+    res = runner.invoke(app, ["run", "--suite", "gtfound", "-p", "uniform", "--split", "practice"])
+    assert res.exit_code == 0, res.output
+    runs = read_runs()
+    last = next(r for r in runs if r.get("round") == plan.rounds and r["predictor"]["name"] == "files")
+    whole = next(r for r in runs if r.get("round") == "all" and r["predictor"]["name"] == "uniform")
+    kl = sample_kl(last, runs)
+    assert kl.size == len(plan.sample_ids()) and set(kl.index) == set(plan.sample_ids())
+    assert kl.mean() == pytest.approx(last["metrics"]["trajectory_kl"]["total"][0], rel=1e-12)
+    assert np.allclose(kl.sort_index().to_numpy(), sample_kl(whole).sort_index().to_numpy(), rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match=r"round\(s\) \[1\]"):
+        sample_kl(last, [r for r in runs if r.get("round") != 1])
+    with pytest.raises(ValueError, match="is read from a trajectory-steps run"):
+        values(next(r for r in runs if r.get("questions") == "trajectory"), "trajectory_kl")
+
+
 CONFIG = """
 name: gapt
 team: {{rule: best-on-practice, members: [uniform, unigram]}}
