@@ -102,14 +102,18 @@ def gap_table(ordinary: str, shifted: str, split: str = "sealed", *, runs: list[
             g = gap_ci(ta[metric].to_numpy(), tb[metric].to_numpy(), seed=seed)
             if release:
                 g = released_gap(g, holdout.step_for(metric))
-            rows.append({"ordinary": ordinary, "shifted": shifted, "split": split, "predictor": label,
-                         "metric": metric, "n_ordinary": g["n_ordinary"], "n_shifted": g["n_shifted"],
-                         "ordinary_mean": g["ordinary"][0], "ordinary_low": g["ordinary"][1],
-                         "ordinary_high": g["ordinary"][2], "shifted_mean": g["shifted"][0],
-                         "shifted_low": g["shifted"][1], "shifted_high": g["shifted"][2], "gap": g["gap"],
-                         "gap_low": g["low"], "gap_high": g["high"], "ordinary_run": a[label]["run_id"],
-                         "shifted_run": b[label]["run_id"]})
+            rows.append(gap_row(ordinary, shifted, split, label, metric, g, a[label]["run_id"], b[label]["run_id"]))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def gap_row(ordinary: str, shifted: str, split: str, predictor: str, metric: str, g: dict[str, Any],
+            ordinary_run: str, shifted_run: str) -> dict[str, Any]:
+    """One row of the gap table (``COLUMNS``) from a ``gap_ci`` (or ``released_gap``) result."""
+    return {"ordinary": ordinary, "shifted": shifted, "split": split, "predictor": predictor, "metric": metric,
+            "n_ordinary": g["n_ordinary"], "n_shifted": g["n_shifted"], "ordinary_mean": g["ordinary"][0],
+            "ordinary_low": g["ordinary"][1], "ordinary_high": g["ordinary"][2], "shifted_mean": g["shifted"][0],
+            "shifted_low": g["shifted"][1], "shifted_high": g["shifted"][2], "gap": g["gap"], "gap_low": g["low"],
+            "gap_high": g["high"], "ordinary_run": ordinary_run, "shifted_run": shifted_run}
 
 
 def gap_pairs(suites: list[str]) -> list[tuple[str, str]]:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from . import holdout
-from .gap import COLUMNS, gap_ci, released_gap
+from .gap import COLUMNS, gap_ci, gap_row, released_gap
 from .leaderboard_trajectory import STEPS, WHOLE
 
 STEP_METRIC = "trajectory_kl"
@@ -126,13 +126,7 @@ def gap_table(ordinary: str, shifted: str, split: str = "sealed", *, runs: list[
             g = gap_ci(values(a[label], metric, runs), values(b[label], metric, runs), seed=seed)
             if release:
                 g = released_gap(g, holdout.step_for(metric))
-            rows.append({"ordinary": ordinary, "shifted": shifted, "split": split, "predictor": label,
-                         "metric": metric, "n_ordinary": g["n_ordinary"], "n_shifted": g["n_shifted"],
-                         "ordinary_mean": g["ordinary"][0], "ordinary_low": g["ordinary"][1],
-                         "ordinary_high": g["ordinary"][2], "shifted_mean": g["shifted"][0],
-                         "shifted_low": g["shifted"][1], "shifted_high": g["shifted"][2], "gap": g["gap"],
-                         "gap_low": g["low"], "gap_high": g["high"], "ordinary_run": a[label]["run_id"],
-                         "shifted_run": b[label]["run_id"]})
+            rows.append(gap_row(ordinary, shifted, split, label, metric, g, a[label]["run_id"], b[label]["run_id"]))
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.sort_values(["predictor", "metric"], key=lambda c: c.map(
         {m: i for i, m in enumerate(metrics)}) if c.name == "metric" else c, kind="stable").reset_index(drop=True)
