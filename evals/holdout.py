@@ -9,7 +9,10 @@ is the number of lines for the suite's *sealed prompts*: the count belongs to th
 (another batch size or machine changes the last float bits, hence the commitment) does not reset it, while a suite
 rebuilt with other prompts is a new holdout. Lines written before ``prompts`` was recorded (they carry only
 ``commitment``) count for the prompts that a newer line with the same commitment names, else for the suite whose
-current commitment they name. The gate refuses a predictor whose count has reached the configured
+current commitment they name. A line's ``digest`` identifies the predictions scored (``predictors.digest``: format 2,
+``"v2:"`` + sha256 over per-row sha256s, computable while a file streams and independent of its line order); the
+same predictions scored again are a repeat and not counted. Format-1 digests (bare hex, written before) never equal
+a format-2 one: a re-submission of predictions first scored then counts once more, never less. The gate refuses a predictor whose count has reached the configured
 ``max_submissions``. The ledger is append-only, locked with ``fcntl`` while counted and written, and each line is
 fsynced; a last line torn by a kill (no newline, not JSON) is skipped by readers and cut off before the next append.
 
@@ -85,8 +88,10 @@ def record(suite: Any, predictor: str, *, run_id: str | None = None, via: str = 
     """Append one sealed submission of ``predictor`` on ``suite``; return its count including this one.
 
     ``suite`` needs ``name``, ``sealed_prompts_sha256`` and ``commitment``. ``digest`` identifies the predictions
-    scored (e.g. sha256 of the validated distributions). Scoring exactly the same predictions again reveals nothing new
-    about the holdout, so such a repeat (``make run`` twice) is not counted again. Raises ``HoldoutError`` if a line
+    scored (``predictors.digest``: ``predictions_digest`` / ``SubmissionDigest`` for next-token rows,
+    ``answers_digest`` for whole continuations; compared as strings, so digests of another format never match).
+    Scoring exactly the same predictions again reveals nothing new about the holdout, so such a repeat (``make run``
+    twice, or ``run`` then ``predict`` + ``score``) is not counted again. Raises ``HoldoutError`` if a line
     other than a torn last one is corrupted.
     """
     path = ledger_path()

@@ -102,11 +102,12 @@ def refuse(accepted: Sequence[str], errors: Sequence[str], missing: Sequence[str
 
 
 def record(suite: Suite, split: str, per_prompt: pd.DataFrame, preds: Any, *, predictor: dict[str, Any], seed: int,
-           source: Path | None, write: bool, results_root: Path | None) -> Score:
+           source: Path | None, write: bool, results_root: Path | None, digest: str | None = None) -> Score:
     """The run record of per-prompt metrics (rows in the order of ``preds.prompt_ids``, no id column yet): the id and
-    context-length columns, the summary with CIs and provenance, the holdout count for ``sealed`` (``preds.digest()``,
-    so ``preds`` is a ``ValidatedPredictions`` there; elsewhere anything with ``prompt_ids``, ``errors``,
-    ``missing``); written under ``results/<run-id>/`` when ``write``."""
+    context-length columns, the summary with CIs and provenance, the holdout count for ``sealed`` under ``digest``
+    (``predictors.digest``; default ``preds.digest()``, so ``preds`` is a ``ValidatedPredictions`` unless the
+    digest is given; otherwise anything with ``prompt_ids``, ``errors``, ``missing``); written under
+    ``results/<run-id>/`` when ``write``."""
     ids = suite.truth_split(split)[0]
     prompts = {p.id: p for p in suite.prompts(split)}
     per_prompt.insert(0, "prompt_id", preds.prompt_ids)
@@ -137,7 +138,7 @@ def record(suite: Suite, split: str, per_prompt: pd.DataFrame, preds: Any, *, pr
     if split == "sealed":  # holdout hygiene: every sealed scoring is counted per predictor (evals/holdout.py)
         from .holdout import record as count
 
-        digest = preds.digest()  # sha256(json(prompt ids) + full float64 rows), one row at a time
+        digest = digest or preds.digest()  # "v2:" sha256 over per-row sha256s (predictors/digest.py)
         summary["holdout"] = {"submission": count(suite, predictor.get("label") or name, run_id=summary["run_id"],
                                                   digest=digest), "predictions_sha256": digest}
     run_dir = records.write_run(summary, per_prompt, root=results_root) if write else None

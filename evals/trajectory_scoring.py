@@ -14,8 +14,6 @@ approval rule, the sealed commitment check and holdout hygiene are those of ``ev
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from predictors.digest import answers_digest
 from tasks.paths import sha256_file
 
 from . import records
@@ -124,7 +123,7 @@ def _score(suite: Any, split: str, known: dict[tuple[str, str], int], accepted: 
         sel = np.array([k == kind for k in kinds])
         if sel.sum() >= 3:  # a calibration fit needs a few points
             metrics[kind] = aggregate(true_lp[sel], pred_lp[sel], n_tok[sel], seed=seed)
-    digest = hashlib.sha256(json.dumps([[a.prompt_id, a.continuation_id, a.logprob] for a in accepted]).encode())
+    digest = answers_digest(accepted)  # the holdout ledger's identity of these answers, whatever their order
     summary: dict[str, Any] = {
         "run_id": records.new_run_id(suite.name, split, predictor["name"]),
         "created": datetime.now(UTC).isoformat(), "command": records.command_line(), "questions": QUESTION_KIND,
@@ -140,9 +139,8 @@ def _score(suite: Any, split: str, known: dict[tuple[str, str], int], accepted: 
     if split == "sealed":
         from .holdout import record
 
-        summary["holdout"] = {"submission": record(suite, label, run_id=summary["run_id"],
-                                                   digest=digest.hexdigest()),
-                              "predictions_sha256": digest.hexdigest()}
+        summary["holdout"] = {"submission": record(suite, label, run_id=summary["run_id"], digest=digest),
+                              "predictions_sha256": digest}
     run_dir = None
     if split == "sealed":  # the record keeps errors, never a sealed truth value on its own (nor its plot)
         per = per.drop(columns=["true_logprob"])

@@ -7,8 +7,6 @@ the missing prompts, and gives the full float64 matrix (``.probs``) on first use
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +43,12 @@ class RowBlocks:
             out[:] = given
             return out
         return normalized(given, out)
+
+    def into(self, j: int, out: np.ndarray) -> np.ndarray:
+        """Row ``j`` as float64: a view of a float64 block, else ``q / q.sum()`` written into ``out`` (``(V,)``)."""
+        b, o = self.where[j]
+        given = self.blocks[b][o]
+        return given if given.dtype == np.float64 else normalized(given, out)
 
     def __getitem__(self, index: Any) -> np.ndarray:
         if isinstance(index, (int, np.integer)):
@@ -149,15 +153,6 @@ class PredictionRows:
             expand(self.row(i), self.vocab_size, self.background, out=q[j])
         return q
 
-    def digest(self, prefix: bytes = b"") -> str:
-        """sha256 of ``prefix`` followed by the full float64 rows in order (``prefix + dense().tobytes()``), computed
-        one row at a time."""
-        h, buf = hashlib.sha256(prefix), np.empty(self.vocab_size)
-        for i in range(len(self)):
-            h.update(self.full[self.full_index[i]].tobytes() if self.full_index[i] >= 0
-                     else expand(self.row(i), self.vocab_size, self.background, out=buf).tobytes())
-        return h.hexdigest()
-
 
 class ValidatedPredictions:
     """A file's or predictor's predictions after validation: accepted rows in suite order, and what was not.
@@ -194,9 +189,12 @@ class ValidatedPredictions:
         return self._probs
 
     def digest(self) -> str:
-        """sha256 of the prompt ids (JSON) and the full float64 rows: ``sha256(json.dumps(prompt_ids).encode() +
-        probs.tobytes())``, computed one row at a time (the holdout ledger's identity of a submission)."""
-        return self.rows.digest(json.dumps(self.prompt_ids).encode())
+        """The holdout ledger's identity of these predictions: ``predictors.digest.predictions_digest`` (``"v2:"`` +
+        sha256 over per-row sha256s of (prompt id, float64 row) in suite order), rows hashed one at a time on the
+        chunk workers; the same value a stream of the same predictions gives (``evals.stream_scoring``)."""
+        from .digest import predictions_digest
+
+        return predictions_digest(self.prompt_ids, self.rows)
 
     def __repr__(self) -> str:
         return (f"ValidatedPredictions({len(self.prompt_ids)} rows, {int(self.rows.is_full.sum())} whole, "

@@ -76,6 +76,21 @@ def test_sealed_scoring_is_counted_practice_is_not(tiny_suite, ledger):
     assert again.summary["holdout"]["submission"] == 2 and holdout.count(tiny_suite, "counted") == 2
 
 
+def test_a_format_1_digest_is_never_taken_for_a_repeat(tiny_suite, ledger):
+    """A ledger line of the old digest format (bare sha256 of ids + rows) for the very same predictions: the new
+    format is never equal to it, so the re-submission is counted once more (never less); after that, repeats again."""
+    import hashlib
+    import json
+
+    ids = [p.id for p in tiny_suite.prompts("sealed")]
+    q = np.stack([densify(Prediction(i, {}, "unigram"), tiny_suite.vocabulary, tiny_suite.background) for i in ids])
+    holdout.record(tiny_suite, "migrated", digest=hashlib.sha256(json.dumps(ids).encode() + q.tobytes()).hexdigest())
+    first = score(tiny_suite, "sealed", ValidatedPredictions(ids, q, [], []), predictor={"name": "migrated"})
+    again = score(tiny_suite, "sealed", ValidatedPredictions(ids, q, [], []), predictor={"name": "migrated"})
+    assert first.summary["holdout"]["submission"] == again.summary["holdout"]["submission"] == 2
+    assert first.summary["holdout"]["predictions_sha256"].startswith("v2:")
+
+
 def test_score_refuses_sealed_past_the_limit(tiny_suite, ledger, monkeypatch):
     monkeypatch.setenv("LOGITPRED_SEALED_LIMIT", "1")
     vocab, bg = tiny_suite.vocabulary, tiny_suite.background
@@ -138,7 +153,8 @@ def test_trajectory_sealed_scorings_are_counted_limited_and_released_on_the_grid
                                                                                  monkeypatch):
     """Trajectory sealed splits follow the same hygiene: each whole-continuation scoring of new answers and each
     step-wise attempt is one sealed submission of the label (the same answers again are not), practice is never
-    counted, a label at the limit is refused before anything is scored, and the new metrics have grid steps."""
+    counted (in any order: ``predictors.digest.answers_digest``), a label at the limit is refused before anything is
+    scored, and the new metrics have grid steps."""
     from evals.stepwise import run_stepwise
     from evals.trajectory_scoring import score_trajectory_predictions
     from predictors import PredictorContext, create
@@ -158,8 +174,9 @@ def test_trajectory_sealed_scorings_are_counted_limited_and_released_on_the_grid
     assert holdout.count(s, "unigram") == 0
     first = score_trajectory_predictions(s, "sealed", preds, predictor=meta)
     assert first.summary["holdout"]["submission"] == 1
-    score_trajectory_predictions(s, "sealed", preds, predictor=meta)  # the same answers: nothing new revealed
-    assert holdout.count(s, "unigram") == 1
+    again = score_trajectory_predictions(s, "sealed", preds[::-1], predictor=meta)  # the same answers, reordered
+    assert holdout.count(s, "unigram") == 1  # nothing new revealed: not counted
+    assert again.summary["holdout"]["predictions_sha256"] == first.summary["holdout"]["predictions_sha256"]
     steps = run_stepwise(s, "sealed", p, ctx, predictor_meta=meta)  # a step-wise attempt: one more
     assert steps.summary["holdout"]["submission"] == 2 and holdout.count(s, "unigram") == 2
     other = [TrajectoryPrediction(x.prompt_id, x.continuation_id, x.logprob - 0.5) for x in preds]

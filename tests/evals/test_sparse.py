@@ -5,7 +5,6 @@ constants and their cache, and the validated rows' exact dense form and digest."
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
@@ -14,6 +13,7 @@ from scipy.special import log_softmax
 
 from evals import metrics as M
 from evals.sparse import TIE_TOLERANCE, score_rows, sparse_metrics
+from predictors.digest import predictions_digest
 from predictors.format import Prediction, check, densify
 from predictors.jsonl import validate, validate_file
 from predictors.rows import PredictionRows
@@ -209,7 +209,7 @@ def test_rows_digest_and_take(vocab, background):
     rows = rows_for(preds, vocab, background)
     q = np.stack([densify(p, vocab, background) for p in preds])
     ids = [p.prompt_id for p in preds]
-    assert rows.digest(json.dumps(ids).encode()) == hashlib.sha256(json.dumps(ids).encode() + q.tobytes()).hexdigest()
+    assert predictions_digest(ids, rows) == predictions_digest(ids, PredictionRows.from_dense(q))  # named == dense
     order = rng.permutation(len(preds))
     np.testing.assert_array_equal(rows.take(order).dense(), q[order])
 
@@ -225,8 +225,7 @@ def test_validated_files_stay_sparse_and_expand_to_densify(vocab, background, tm
     assert out.rows.full.shape == (1, V)  # only the full vector is held as one
     np.testing.assert_array_equal(out.probs, np.stack([densify(p, vocab, background) for p in preds]))
     again = validate([(None, p) for p in preds], [p.prompt_id for p in preds], vocab, background)
-    assert again.digest() == out.digest() == hashlib.sha256(
-        json.dumps(out.prompt_ids).encode() + out.probs.tobytes()).hexdigest()
+    assert again.digest() == out.digest() == predictions_digest(out.prompt_ids, PredictionRows.from_dense(out.probs))
 
 
 def test_truth_constants_match_direct_sums(truth, background):

@@ -1,7 +1,8 @@
 """``logitpred score`` as one stream (``evals.stream_scoring``): each chunk of whole vectors scored as validation
 fills it gives the per-prompt values, messages and run record of validating the whole file first
-(``load_file`` + ``score``), bit for bit, whatever the chunk size; strict mode, empty files and the sealed split
-(whose ledger digest needs every row) keep their behaviour."""
+(``load_file`` + ``score``), bit for bit, whatever the chunk size; strict mode and empty files keep their behaviour.
+The sealed split streams too: same scores and record, the holdout digest of the predictions whatever the file's line
+order, and the ledger's count, repeat detection and refusal at the limit."""
 
 import base64
 import json
@@ -116,12 +117,98 @@ def test_strict_and_empty_files_are_refused_as_before(tiny_suite, mixed, tmp_pat
     assert "does not exist" in gone
 
 
-def test_the_sealed_split_keeps_the_ledger_digest(tiny_suite, tmp_path):
+@pytest.fixture
+def sealed(tiny_suite, tmp_path, monkeypatch):
+    """A sealed file of every kind of line (one rejected: a duplicate, one malformed), a fresh ledger and results."""
+    monkeypatch.setenv("LOGITPRED_LEDGER", str(tmp_path / "ledger.jsonl"))
     path = tmp_path / "sealed.jsonl"
-    lines = [x for x in mixed_lines(tiny_suite, "sealed") if '"nope"' not in x]
-    path.write_text("\n".join(lines) + "\n")
-    got = score_file(tiny_suite, "sealed", path, predictor={"name": "stream-sealed"}, write=False)
-    assert got.summary["holdout"]["predictions_sha256"] == load_file(path, tiny_suite, "sealed").digest()
+    path.write_text("\n".join(x for x in mixed_lines(tiny_suite, "sealed") if '"nope"' not in x) + "\n")
+    return path
+
+
+def test_the_sealed_split_streams_with_the_scores_record_and_digest_of_the_whole_file(tiny_suite, sealed,
+                                                                                       monkeypatch):
+    """Chunks of 2 rows through one buffer, scored and hashed as they fill; the file is never validated whole; the
+    scores (1e-12), the record and the digest are those of ``load_file`` + ``score``."""
+    from evals import scoring
+    from predictors import digest, stream
+
+    old = load_file(sealed, tiny_suite, "sealed")
+    want = score(tiny_suite, "sealed", old, predictor={"name": "whole"}, source=sealed, write=False)
+    monkeypatch.setattr(stream, "chunk_size", lambda vocab_size: 2)
+    monkeypatch.setattr(scoring, "validate_file", lambda *a: pytest.fail("the sealed file was validated whole"))
+    hashed, add = [], digest.SubmissionDigest.add
+    monkeypatch.setattr(digest.SubmissionDigest, "add", lambda self, at, probs: (hashed.append(probs), add(self, at,
+                                                                                                            probs)))
+    got = score_file(tiny_suite, "sealed", sealed, predictor={"name": "streamed"}, write=False)
+    assert [len(p) for p in hashed] == [2, 2] and all(np.shares_memory(p, hashed[0].base) for p in hashed)
+    assert got.summary["holdout"]["predictions_sha256"] == old.digest() == want.summary["holdout"]["predictions_sha256"]
+    assert got.summary["holdout"]["submission"] == 1 and want.summary["holdout"]["submission"] == 1  # two labels
+    for c in want.per_prompt.columns:
+        a, b = got.per_prompt[c].to_numpy(), want.per_prompt[c].to_numpy()
+        if a.dtype.kind == "f":
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12, err_msg=c)
+        else:
+            assert list(a) == list(b), c
+    for key in ("n_prompts", "n_scored", "n_rejected", "missing", "errors", "predictions_file", "split", "seed",
+                "suite", "target"):
+        assert got.summary[key] == want.summary[key], key
+    assert got.summary["n_rejected"] == 2 and same_metrics(got.summary["metrics"], want.summary["metrics"], 1e-12)
+
+
+def test_the_sealed_ledger_counts_recognises_repeats_and_refuses_at_the_limit(tiny_suite, sealed, tmp_path,
+                                                                             monkeypatch):
+    """A file scored, then its lines in another order (and the same predictions in Python) are one submission; new
+    predictions count; at the limit a predictor is refused before its file is read, with nothing recorded."""
+    from evals import holdout
+    from predictors import stream
+
+    monkeypatch.setenv("LOGITPRED_SEALED_LIMIT", "2")
+    results = tmp_path / "results"
+
+    def submit(path, **kw):
+        return score_file(tiny_suite, "sealed", path, predictor={"name": "led"}, results_root=results, **kw)
+
+    first = submit(sealed).summary["holdout"]
+    lines = sealed.read_text().splitlines()
+    shuffled = tmp_path / "shuffled.jsonl"
+    shuffled.write_text("\n".join(lines[:-2][::-1] + lines[-2:]) + "\n")  # reversed; the rejected lines stay last
+    again = submit(shuffled).summary["holdout"]
+    python = score(tiny_suite, "sealed", load_file(sealed, tiny_suite, "sealed"), predictor={"name": "led"},
+                   write=False).summary["holdout"]
+    assert first["submission"] == again["submission"] == python["submission"] == 1
+    assert first["predictions_sha256"] == again["predictions_sha256"] == python["predictions_sha256"]
+    with pytest.raises(ScoringError, match="strict mode: 2 rejected"):
+        submit(sealed, strict=True)
+    fewer = tmp_path / "fewer.jsonl"
+    fewer.write_text("\n".join(lines[1:]) + "\n")  # one prediction less: new content
+    assert submit(fewer).summary["holdout"]["submission"] == 2 and holdout.count(tiny_suite, "led") == 2
+    ledger, runs = (tmp_path / "ledger.jsonl").read_text(), len(list(results.iterdir()))
+    read = []
+    monkeypatch.setattr(stream, "iter_jsonl", lambda path: read.append(path) or iter(()))
+    with pytest.raises(holdout.HoldoutError, match="limit 2"):
+        submit(shuffled)
+    assert read == [] and (tmp_path / "ledger.jsonl").read_text() == ledger and len(list(results.iterdir())) == runs
+
+
+def test_run_and_score_recognise_the_same_predictions_as_one_submission(tiny_suite, tmp_path, monkeypatch):
+    """``logitpred run`` (in-process predictions) and ``logitpred predict`` + ``score`` (a file, streamed) of the
+    same predictor on sealed give one digest: the second is a repeat, not counted."""
+    monkeypatch.setenv("LOGITPRED_LEDGER", str(tmp_path / "ledger.jsonl"))
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", "-s", "tiny", "-p", "unigram", "--split", "sealed"])
+    assert result.exit_code == 0, result.output
+    file = tmp_path / "unigram.jsonl"
+    result = runner.invoke(app, ["predict", "-p", "unigram", "-s", "tiny", "--split", "sealed", "-o", str(file)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["score", str(file), "-s", "tiny", "--split", "sealed"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert [r["predictor"] for r in rows] == ["unigram"] and rows[0]["digest"].startswith("v2:")
+    runs = sorted(tiny_suite.path.parent.parent.glob("results/*-tiny-sealed-unigram/summary.json"))
+    last = [json.loads(r.read_text())["holdout"] for r in runs[-2:]]
+    assert last[0]["predictions_sha256"] == last[1]["predictions_sha256"] == rows[0]["digest"]
+    assert [h["submission"] for h in last] == [1, 1]
 
 
 def test_the_cli_scores_a_full_vector_file_as_the_library_does(tiny_suite, mixed, tmp_path):

@@ -141,6 +141,13 @@ def test_a_nested_vector_is_not_taken_for_the_top_level_one():
     assert "'probs_b64' is not base64" in _parse_line(1, data) == _parse_whole_line(1, data)
 
 
+def reference_digest(ids, probs):
+    """The ledger digest by its definition (``predictors.digest``): per-row sha256s of (id, float64 row), then one."""
+    rows = b"".join(hashlib.sha256(json.dumps(i).encode() + b"\n" + q.astype("<f8").tobytes()).digest()
+                    for i, q in zip(ids, probs, strict=True))
+    return "v2:" + hashlib.sha256(b"logitpred/predictions/2\n" + json.dumps(ids).encode() + b"\n" + rows).hexdigest()
+
+
 def reference(path, ids, vocab, background=None):
     """What validation gives, by definition: every line through the JSON parser over the whole line, ``densify``
     for each accepted prediction, first prediction per prompt; rows in suite order."""
@@ -193,7 +200,7 @@ def test_a_file_of_every_case_is_validated_as_by_the_whole_line_parser(tmp_path)
     assert len(accepted) == 15 and len(errors) == len(lines) - 1 - 15
     assert out.rows.is_full.sum() == 13  # the sparse ones: V - 20 zeros, and the top line
     np.testing.assert_array_equal(out.probs, probs)
-    assert out.digest() == hashlib.sha256(json.dumps(accepted).encode() + probs.tobytes()).hexdigest()
+    assert out.digest() == reference_digest(accepted, probs)  # the ledger's identity: same rows, same digest
     messages = "\n".join(out.errors)
     for expected in ("probs[0] = nan is not a finite non-negative number", "probs[0] = -0.5 is not",
                      "probs[0] = inf is not", "full vector sums to 1.500000, not 1",
