@@ -190,8 +190,9 @@ class ValidatedPredictions:
 
     def digest(self) -> str:
         """The holdout ledger's identity of these predictions: ``predictors.digest.predictions_digest`` (``"v2:"`` +
-        sha256 over per-row sha256s of (prompt id, float64 row) in suite order), rows hashed one at a time on the
-        chunk workers; the same value a stream of the same predictions gives (``evals.stream_scoring``)."""
+        sha256 over per-row sha256s of the prompt id and the row as kept: whole rows as float64, named-token rows as
+        named), rows hashed on the chunk workers; the same value a stream of the same predictions gives
+        (``evals.stream_scoring``)."""
         from .digest import predictions_digest
 
         return predictions_digest(self.prompt_ids, self.rows)

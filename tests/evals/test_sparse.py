@@ -13,7 +13,7 @@ from scipy.special import log_softmax
 
 from evals import metrics as M
 from evals.sparse import TIE_TOLERANCE, score_rows, sparse_metrics
-from predictors.digest import predictions_digest
+from predictors.digest import SubmissionDigest, predictions_digest
 from predictors.format import Prediction, check, densify
 from predictors.jsonl import validate, validate_file
 from predictors.rows import PredictionRows
@@ -209,8 +209,10 @@ def test_rows_digest_and_take(vocab, background):
     rows = rows_for(preds, vocab, background)
     q = np.stack([densify(p, vocab, background) for p in preds])
     ids = [p.prompt_id for p in preds]
-    assert predictions_digest(ids, rows) == predictions_digest(ids, PredictionRows.from_dense(q))  # named == dense
     order = rng.permutation(len(preds))
+    shuffled = SubmissionDigest(ids)  # the rows taken in another order, hashed by their positions: the same digest
+    shuffled.add_rows(order, rows.take(order))
+    assert shuffled.hexdigest(ids) == predictions_digest(ids, rows)
     np.testing.assert_array_equal(rows.take(order).dense(), q[order])
 
 
@@ -225,7 +227,9 @@ def test_validated_files_stay_sparse_and_expand_to_densify(vocab, background, tm
     assert out.rows.full.shape == (1, V)  # only the full vector is held as one
     np.testing.assert_array_equal(out.probs, np.stack([densify(p, vocab, background) for p in preds]))
     again = validate([(None, p) for p in preds], [p.prompt_id for p in preds], vocab, background)
-    assert again.digest() == out.digest() == predictions_digest(out.prompt_ids, PredictionRows.from_dense(out.probs))
+    assert again.digest() == out.digest()  # in-process or from a file: one submission
+    # named rows are hashed as named (not expanded): the same distributions as whole vectors are another submission
+    assert out.digest() != predictions_digest(out.prompt_ids, PredictionRows.from_dense(out.probs))
 
 
 def test_truth_constants_match_direct_sums(truth, background):

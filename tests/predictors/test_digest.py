@@ -1,9 +1,11 @@
 """The holdout ledger's digest of a submission (``predictors.digest``): its definition, written out here; independent
-of the order rows arrive in, of the chunking and of the form a row was given in; changed by any change of content;
+of the order rows arrive in and of the chunking; named-token rows hashed as named, in O(named tokens) (never
+expanded), so the same distribution as a whole vector is another submission; changed by any change of content;
 versioned so it never equals a format-1 digest; the same for whole-continuation answers in any order."""
 
 import hashlib
 import json
+import struct
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,11 +19,22 @@ from predictors.rows import PredictionRows
 V = 64
 
 
-def by_definition(ids, probs):
-    """sha256("logitpred/predictions/2\\n" + json(ids) + "\\n" + sha256(json(id) + "\\n" + <f8 row) for each row)."""
-    rows = b"".join(hashlib.sha256(json.dumps(i).encode() + b"\n" + q.astype("<f8").tobytes()).digest()
-                    for i, q in zip(ids, probs, strict=True))
-    return "v2:" + hashlib.sha256(b"logitpred/predictions/2\n" + json.dumps(ids).encode() + b"\n" + rows).hexdigest()
+def by_definition(ids, rows):
+    """sha256 of the tag, json(ids) and each row's sha256: json(id) + "whole" + <f8 row, or for a named row (a tuple
+    of ids, probabilities, rest, unigram, V, background) json(id) + "named" + <V, rest, rule, n> + ids + ps (+ bg)."""
+    parts = []
+    for i, row in zip(ids, rows, strict=True):
+        head = json.dumps(i).encode()
+        if isinstance(row, tuple):
+            named, ps, rest, unigram, size, bg = row
+            body = struct.pack("<qd?q", size, rest, unigram, len(named)) + np.asarray(named, "<i8").tobytes()
+            body += np.asarray(ps, "<f8").tobytes() + (hashlib.sha256(bg.astype("<f8").tobytes()).digest()
+                                                        if unigram else b"")
+            parts.append(hashlib.sha256(head + b"\nnamed\n" + body).digest())
+        else:
+            parts.append(hashlib.sha256(head + b"\nwhole\n" + row.astype("<f8").tobytes()).digest())
+    return "v2:" + hashlib.sha256(b"logitpred/predictions/2\n" + json.dumps(ids).encode() + b"\n"
+                                  + b"".join(parts)).hexdigest()
 
 
 @pytest.fixture
@@ -74,17 +87,24 @@ def test_any_change_of_content_changes_the_digest(split):
     assert base.startswith(PREFIX) and not old.startswith(PREFIX) and base != old
 
 
-def test_a_distribution_has_one_digest_whatever_form_it_was_given_in():
+def test_named_rows_are_hashed_as_named_never_expanded(monkeypatch):
+    from predictors import format as fmt
     from tasks.vocab import Vocabulary
 
     vocab = Vocabulary([f"t{i}" for i in range(V)], [f"t{i}" for i in range(V)])
     bg = np.arange(1, V + 1, dtype=np.float64)
     bg /= bg.sum()
-    named = [Prediction("a", {"t3": 0.5, "t9": 0.25}, "unigram"), Prediction("b", {}, "uniform")]
+    named = [Prediction("a", {"t9": 0.25, "t3": 0.5}, "unigram"), Prediction("b", {}, "uniform")]
+    checked = validate([(None, p) for p in named], ["a", "b"], vocab, bg)
+    assert list(checked.rows.is_full) == [False, False]
+    monkeypatch.setattr(fmt, "expand", lambda *a, **k: pytest.fail("a named row was expanded to be hashed"))
+    got = checked.digest()
+    assert got == by_definition(["a", "b"], [([3, 9], [0.5, 0.25], 0.25, True, V, bg), ([], [], 1.0, False, V, bg)])
+    monkeypatch.undo()
     whole = [Prediction(p.prompt_id, probs=densify(p, vocab, bg)) for p in named]
-    got = {validate([(None, p) for p in preds], ["a", "b"], vocab, bg).digest() for preds in (named, whole)}
-    assert list(validate([(None, p) for p in named], ["a", "b"], vocab, bg).rows.is_full) == [False, False]
-    assert len(got) == 1
+    assert validate([(None, p) for p in whole], ["a", "b"], vocab, bg).digest() != got  # counted, never missed
+    other_bg = validate([(None, p) for p in named], ["a", "b"], vocab, bg[::-1].copy()).digest()
+    assert other_bg != got  # the background spreads the unigram rest: part of the row
 
 
 def test_answers_digest_ignores_their_order_not_their_values():

@@ -6,6 +6,7 @@ messages, and score the same."""
 import base64
 import hashlib
 import json
+import struct
 
 import numpy as np
 import pytest
@@ -141,10 +142,21 @@ def test_a_nested_vector_is_not_taken_for_the_top_level_one():
     assert "'probs_b64' is not base64" in _parse_line(1, data) == _parse_whole_line(1, data)
 
 
-def reference_digest(ids, probs):
-    """The ledger digest by its definition (``predictors.digest``): per-row sha256s of (id, float64 row), then one."""
-    rows = b"".join(hashlib.sha256(json.dumps(i).encode() + b"\n" + q.astype("<f8").tobytes()).digest()
-                    for i, q in zip(ids, probs, strict=True))
+def reference_digest(ids, probs, named, background):
+    """The ledger digest by its definition (``predictors.digest``): per-row sha256s of (id, float64 row), or for the
+    rows in ``named`` (id -> ``Row``) of (id, V, rest, rule, ids, probabilities, background), then one sha256."""
+    bg = hashlib.sha256(background.astype("<f8").tobytes()).digest()
+    parts = []
+    for i, q in zip(ids, probs, strict=True):
+        head = json.dumps(i).encode()
+        if i in named:
+            r = named[i]
+            body = (struct.pack("<qd?q", len(q), r.rest, r.unigram, r.ids.size) + r.ids.astype("<i8").tobytes()
+                    + r.ps.astype("<f8").tobytes() + (bg if r.unigram else b""))
+            parts.append(hashlib.sha256(head + b"\nnamed\n" + body).digest())
+        else:
+            parts.append(hashlib.sha256(head + b"\nwhole\n" + q.astype("<f8").tobytes()).digest())
+    rows = b"".join(parts)
     return "v2:" + hashlib.sha256(b"logitpred/predictions/2\n" + json.dumps(ids).encode() + b"\n" + rows).hexdigest()
 
 
@@ -200,7 +212,8 @@ def test_a_file_of_every_case_is_validated_as_by_the_whole_line_parser(tmp_path)
     assert len(accepted) == 15 and len(errors) == len(lines) - 1 - 15
     assert out.rows.is_full.sum() == 13  # the sparse ones: V - 20 zeros, and the top line
     np.testing.assert_array_equal(out.probs, probs)
-    assert out.digest() == reference_digest(accepted, probs)  # the ledger's identity: same rows, same digest
+    named = {p: out.rows.row(i) for i, p in enumerate(accepted) if not out.rows.is_full[i]}
+    assert len(named) == 2 and out.digest() == reference_digest(accepted, probs, named, BG)
     messages = "\n".join(out.errors)
     for expected in ("probs[0] = nan is not a finite non-negative number", "probs[0] = -0.5 is not",
                      "probs[0] = inf is not", "full vector sums to 1.500000, not 1",
