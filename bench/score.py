@@ -4,8 +4,8 @@ bulk total-variation / Jensen-Shannon pass on the chunked float64 kernels of ``e
 *today's scorer* (a frozen copy, below, of the float64 numpy scorer this replaced: ``_Batch`` over 8-row chunks) and
 a per-prompt scipy loop, at vocabulary sizes 49,152 and 256,000 (synthetic truth and predictions); validating the
 same predictions from files (top+rest lines naming tokens, full-vector ``probs_b64`` lines, those as ``logitpred
-score`` does: chunks through one reused buffer) beside those scoring rates; then end to end ``logitpred score`` on a
-10,000-line file. Ratios come from one run (this machine's load moves all of them alike).
+score`` does: chunks through one reused buffer, on the sealed split each row also hashed for the holdout ledger)
+beside those scoring rates; then end to end ``logitpred score`` on a 10,000-line file. Ratios come from one run (this machine's load moves all of them alike).
 
 Every path computes the same 10 metrics (KL, reverse KL, JS, TV, Brier, top-1, top-10 overlap, cross-entropy of the
 realized token for prediction and target, target entropy); the "8 decomposing metrics" line leaves out TV and JS, the
@@ -38,6 +38,7 @@ from scipy.stats import entropy
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evals.sparse import score_rows  # noqa: E402
+from predictors.digest import SubmissionDigest, predictions_digest  # noqa: E402
 from predictors.format import Prediction, check, densify  # noqa: E402
 from predictors.jsonl import _parse_whole_line, iter_jsonl, raw_lines, validate_file  # noqa: E402
 from predictors.rows import PredictionRows  # noqa: E402
@@ -218,7 +219,10 @@ def bench_validation(V: int, vocab: Vocabulary, bg: np.ndarray, preds: list[Pred
     rows checked into one reused buffer, chunk by chunk), and, for comparison, keeping every row
     (``validate_file``: float32 as given, in new memory); parsed alone, by the shortcut
     (``predictors.jsonl._parse_full_vector``) and by the JSON parser over the whole line; validated and scored as one
-    stream (``evals.stream_scoring``) against validating the whole file, then scoring its rows."""
+    stream (``evals.stream_scoring``) against validating the whole file, then scoring its rows. Then the sealed split
+    as ``logitpred score`` does it: the same stream with every row also hashed for the holdout ledger
+    (``predictors.digest.SubmissionDigest``, on the chunk workers), against validating the whole file, scoring it and
+    digesting the kept rows; top+rest lines with their digest (named rows hashed as named)."""
     ids = [p.prompt_id for p in preds]
     with tempfile.TemporaryDirectory() as tmp:
         sparse, dense = Path(tmp) / "sparse.jsonl", Path(tmp) / "dense.jsonl"
@@ -233,18 +237,26 @@ def bench_validation(V: int, vocab: Vocabulary, bg: np.ndarray, preds: list[Pred
                 f.write(json.dumps({"prompt_id": ids[i], "probs_b64": data}) + "\n")
         out, t_s = timed(validate_file, sparse, ids, vocab, bg)
         assert not out.errors, out.errors[:3]
+        _, t_s_hash = timed(out.digest)  # sealed: named rows hashed as named, O(named tokens)
         del out
         n, dense_ids = len(q), ids[: len(q)]
 
-        def stream(score: bool = False) -> int:
+        def stream(score: bool = False, sealed: bool = False) -> int:
             s = FileStream(dense, dense_ids, vocab, bg)
+            digest = SubmissionDigest(dense_ids) if sealed else None
             for chunk in s:
                 if score:
                     score_rows(PredictionRows.from_dense(chunk.probs), truth[0], truth[1], truth[2],
                                truth_rows=chunk.positions)
+                if digest is not None:
+                    digest.add(chunk.positions, chunk.probs)
             rest = s.rest()
             assert not rest.errors and len(rest.prompt_ids) == n and not rest.sparse.prompt_ids, rest.errors[:3]
+            if digest is not None:
+                digests.append(digest.hexdigest(rest.prompt_ids))
             return len(s.buffer)
+
+        digests: list[str] = []
 
         cpu = time.process_time()
         chunk, t_stream = timed(stream)
@@ -257,16 +269,23 @@ def bench_validation(V: int, vocab: Vocabulary, bg: np.ndarray, preds: list[Pred
         for (k, data), i in zip(raw_lines(dense), range(20), strict=False):  # the shortcut's rows: the parser's
             assert np.array_equal(out_d.rows.row(i).full, densify(_parse_whole_line(k, data), vocab, bg))
         _, t_kept = timed(score_rows, out_d.rows, *truth)
+        kept_digest, t_kept_hash = timed(predictions_digest, dense_ids, out_d.rows)
         del out_d
         _, t_parse = timed(lambda: sum(1 for _ in iter_jsonl(dense)))
         _, t_whole = timed(lambda: sum(_parse_whole_line(k, b) is not None for k, b in raw_lines(dense)))
         _, t_both = timed(stream, True)
+        cpu = time.process_time()
+        _, t_sealed = timed(stream, False, True)
+        cpu_sealed = time.process_time() - cpu
+        _, t_sealed_both = timed(stream, True, True)
+        assert digests == [kept_digest] * 2  # the stream's digest is the kept rows' (the ledger's identity)
     r_sparse, (r_dec, r_all), r_dense = len(preds) / t_s, scoring["sparse"], scoring["dense"]
     r_stream, r_keep = n / t_stream, n / t_d
     print("validation beside scoring (the predictions above, from a file: read, parse, token lookup, checks; one "
           "thread):")
     print(f"  top+rest lines (tokens by name): validate {r_sparse:,.0f} lines/s | score {r_dec:,.0f}/s (8 "
-          f"decomposing), {r_all:,.0f}/s (all 10): validation {r_sparse / r_all:.1f}x scoring")
+          f"decomposing), {r_all:,.0f}/s (all 10): validation {r_sparse / r_all:.1f}x scoring; sealed, with the "
+          f"ledger digest: {len(preds) / (t_s + t_s_hash):,.0f} lines/s, {len(preds) / (t_s + t_s_hash) / r_all:.1f}x")
     print(f"  full-vector lines (probs_b64), {n:,} lines: validate as `logitpred score` does (chunks of {chunk} rows "
           f"through one reused buffer) {r_stream:,.0f} lines/s ({cpu_stream / n * 1e3:.2f} ms CPU a line) | score "
           f"{r_dense:,.0f}/s: validation {r_stream / r_dense:.1f}x scoring")
@@ -276,6 +295,11 @@ def bench_validation(V: int, vocab: Vocabulary, bg: np.ndarray, preds: list[Pred
     print(f"    parsing alone {n / t_parse:,.0f} lines/s (the JSON parser over the whole line: {n / t_whole:,.0f} "
           f"lines/s); validate + score as one stream {n / t_both:,.0f} lines/s, validate_file then score "
           f"{n / (t_d + t_kept):,.0f} lines/s")
+    print(f"    sealed split (every row also hashed for the holdout ledger: predictors/digest.py): validate + hash as "
+          f"`logitpred score` does {n / t_sealed:,.0f} lines/s ({cpu_sealed / n * 1e3:.2f} ms CPU a line), "
+          f"{n / t_sealed / r_dense:.1f}x scoring; validate + score + hash as one stream {n / t_sealed_both:,.0f} "
+          f"lines/s, validate_file then score then digest {n / (t_d + t_kept + t_kept_hash):,.0f} lines/s (the "
+          f"digest alone {n / t_kept_hash:,.0f} rows/s)")
 
 
 # --- end to end ---------------------------------------------------------------------------------------------------
