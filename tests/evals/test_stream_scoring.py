@@ -55,6 +55,16 @@ def same_metrics(a, b, tol: float = 1e-9) -> bool:
     return a == b
 
 
+def assert_same_per_prompt(got, want) -> None:
+    """Every per-prompt column equal: floats to 1e-12, the rest exactly."""
+    for c in want.columns:
+        a, b = got[c].to_numpy(), want[c].to_numpy()
+        if a.dtype.kind == "f":
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12, err_msg=c)
+        else:
+            assert list(a) == list(b), c
+
+
 @pytest.fixture
 def mixed(tiny_suite, tmp_path):
     path = tmp_path / "mixed.jsonl"
@@ -82,12 +92,7 @@ def test_score_file_gives_scores_run_record_and_messages(tiny_suite, mixed):
     old = load_file(mixed, tiny_suite, "practice")
     want = score(tiny_suite, "practice", old, predictor={"name": "stream"}, source=mixed, write=False)
     assert seen[0].errors == old.errors and got.errors == want.errors
-    for c in want.per_prompt.columns:
-        a, b = got.per_prompt[c].to_numpy(), want.per_prompt[c].to_numpy()
-        if a.dtype.kind == "f":
-            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12, err_msg=c)
-        else:
-            assert list(a) == list(b), c
+    assert_same_per_prompt(got.per_prompt, want.per_prompt)
     a, b = got.summary, want.summary
     for key in ("n_prompts", "n_scored", "n_rejected", "missing", "errors", "predictions_file", "predictor",
                 "split", "seed"):
@@ -144,12 +149,7 @@ def test_the_sealed_split_streams_with_the_scores_record_and_digest_of_the_whole
     assert [len(p) for p in hashed] == [2, 2] and all(np.shares_memory(p, hashed[0].base) for p in hashed)
     assert got.summary["holdout"]["predictions_sha256"] == old.digest() == want.summary["holdout"]["predictions_sha256"]
     assert got.summary["holdout"]["submission"] == 1 and want.summary["holdout"]["submission"] == 1  # two labels
-    for c in want.per_prompt.columns:
-        a, b = got.per_prompt[c].to_numpy(), want.per_prompt[c].to_numpy()
-        if a.dtype.kind == "f":
-            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12, err_msg=c)
-        else:
-            assert list(a) == list(b), c
+    assert_same_per_prompt(got.per_prompt, want.per_prompt)
     for key in ("n_prompts", "n_scored", "n_rejected", "missing", "errors", "predictions_file", "split", "seed",
                 "suite", "target"):
         assert got.summary[key] == want.summary[key], key
