@@ -430,6 +430,28 @@ def report_grid(args: argparse.Namespace, rows: list[dict[str, Any]], skipped: l
                       f"{fmt(isr)} | {'yes' if mostly_zero else 'no'} |")
 
 
+def report_rows(args: argparse.Namespace) -> None:
+    """The grid's tables from rows saved by earlier runs' ``--out`` (e.g. one run per distribution, in parallel):
+    the same ``report_grid`` over their union; the budgets, seeds, temperatures and estimators are the rows' own."""
+    rows = [json.loads(line) for f in args.rows for line in f.read_text().splitlines() if line.strip()]
+    if not rows:
+        sys.exit(f"no rows in {[str(f) for f in args.rows]}: write them with --out FILE")
+    args.temperatures = sorted({r["temperature"] for r in rows}, reverse=True)
+    args.budgets = sorted({r["budget"] for r in rows})
+    args.seeds = sorted({r["seed"] for r in rows})
+    seen = list(dict.fromkeys(r["estimator"] for r in rows))
+    args.estimators = (["naive"] if "naive" in seen else []) + [e for e in seen if e != "naive"]
+    for did in dict.fromkeys(r["distribution"] for r in rows):
+        mine = [r for r in rows if r["distribution"] == did]
+        print(f"{did}: {len(mine)} rows; tokens " + ", ".join(
+            f"{t} {txt!r} ({kind}, T={temp}, P {p:.2e})" for t, txt, kind, temp, p in
+            dict.fromkeys((r["token"], r["text"], r["set"], r["temperature"], r["p_exact"]) for r in mine)))
+    report_grid(args, [r for r in rows if r["set"] == "reference"], [], "reference set")
+    extra = [r for r in rows if r["set"] == "greedy-extra"]
+    if extra:
+        report_grid(args, extra, [], "greedy extras (temperature 0, tokens picked by exact P_D(argmax = t))")
+
+
 # --- part 2: Jones et al. ------------------------------------------------------------------------------------------
 def run_pool(args: argparse.Namespace, target: Any, rec: dict[str, Any], data: Path) -> None:
     from tasks.rare.distributions import ProductDistribution
@@ -598,7 +620,11 @@ def main() -> None:
     ap.add_argument("--pool-low", type=float, default=1e-5)
     ap.add_argument("--pool-high", type=float, default=1e-2)
     ap.add_argument("--pool-seed", type=int, default=0)
+    ap.add_argument("--rows", type=Path, nargs="+", default=None,
+                    help="report the grid from rows saved by --out (one or more files); runs nothing")
     args = ap.parse_args()
+    if args.rows:
+        return report_rows(args)
     from tasks.rare.estimators import REGISTRY
 
     unknown = [e for e in args.estimators if e not in REGISTRY]

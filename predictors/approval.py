@@ -303,9 +303,9 @@ def require_approved(name: str, options: dict[str, Any] | None = None, *, allow_
         return meta
     if not allow_unapproved:
         if why == "unknown":
-            from .base import available
+            from .base import unknown_message
 
-            raise ApprovalError(f"unknown predictor {name!r}; available: {', '.join(available())}")
+            raise ApprovalError(unknown_message(name))
         how = f", or run it exploratory, every result marked unapproved: {opt_in}" if opt_in else ""
         raise ApprovalError(f"gated evaluation refused: {meta['approval']}. Approve it with "
                             f"`{approve_command(name, options)}`{how}")

@@ -147,13 +147,26 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def unknown_message(name: str) -> str:
+    """The error for a predictor name that is not registered: the known names, and how to use a trained helper of
+    that name (``logitpred helpers train --name NAME`` and the ladder's rungs save helpers, which are not registered
+    predictors of their own)."""
+    from tasks.paths import data_dir
+
+    msg = f"unknown predictor {name!r}; available: {', '.join(available())}"
+    if (data_dir() / "helpers" / name).is_dir():
+        msg += (f". {name!r} is a trained helper: use it as `-p tiny-helper -O name={name}` (in a composite: "
+                f"'tiny-helper:{{\"name\": \"{name}\"}}')")
+    return msg
+
+
 def _require_known(name: str, options: dict[str, Any]) -> None:
     """``KeyError`` listing the known predictors if ``name`` or a member named in its options (recursively) is not
     registered: an unknown name is a bad request, reported as such before the approval check."""
     from .approval import members_of
 
     if name not in _REGISTRY:
-        raise KeyError(f"unknown predictor {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+        raise KeyError(unknown_message(name))
     for member, member_options in members_of(options):
         _require_known(member, member_options)
 

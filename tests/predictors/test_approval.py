@@ -260,6 +260,10 @@ def test_require_approved_metadata(registry, tiny_suite, tiny_helper):
     assert key in meta["approval"]
     with pytest.raises(ApprovalError, match="unknown predictor 'no-such-thing'; available: .*unigram"):
         require_approved("no-such-thing")
+    # a trained helper's name is not a predictor: the error says how to use it (issue 16: the ladder's rungs)
+    with pytest.raises(ApprovalError, match=r"unknown predictor 'tiny'.* is a trained helper: use it as "
+                                            r"`-p tiny-helper -O name=tiny`"):
+        require_approved("tiny")
     # no opt-in where there is none (the gate, approvers): the refusal names only the approval command
     with pytest.raises(ApprovalError) as err:
         require_approved("tiny-helper", opt_in=None)
@@ -361,13 +365,15 @@ def test_concurrent_approvals_all_land(tmp_path):
     assert not list(tmp_path.glob("*.tmp")) and (tmp_path / "approvals.json.lock").exists()
 
 
-def test_unknown_members_are_a_bad_request_not_an_approval_question(registry, tiny_suite):
+def test_unknown_members_are_a_bad_request_not_an_approval_question(registry, tiny_suite, tiny_helper):
     from predictors import PredictorContext, create
 
     ctx = PredictorContext.from_suite(tiny_suite)
     for name in ("composite", "mixture"):
         with pytest.raises(KeyError, match="unknown predictor 'no-such-member'; available: .*unigram"):
             create(name, ctx, members=["unigram", "no-such-member"])
+        with pytest.raises(KeyError, match=r"is a trained helper: use it as `-p tiny-helper -O name=tiny`"):
+            create(name, ctx, members=["unigram", "tiny"])  # a helper's name given as a member: how to say it
     m = create("mixture", ctx, members="unigram", cache=False)  # one member given as a string: level 0, as it reads
     assert m.approval_meta["level"] == 0 and approval_status("mixture", {"members": "unigram"})[0]
 
