@@ -116,10 +116,11 @@ def ladder_table(cfg: LadderConfig, *, on_stage: Any = None) -> dict[str, Any]:
 
 
 def reference_rows(labels: list[str], suites: list[str]) -> list[dict[str, Any]]:
-    """Latest sealed runs of named predictors (exact, not released on the grid), per suite; absent ones are skipped."""
+    """Latest sealed runs of named predictors, per suite, released as the leaderboard releases them (KL on the
+    holdout grid, CI bounds rounded outward: this table is printed and published); absent ones are skipped."""
     from .leaderboard import leaderboards
 
-    df = leaderboards(suites, "sealed", release=False)
+    df = leaderboards(suites, "sealed")
     rows = []
     for label in labels:
         part = df[df["predictor"] == label]

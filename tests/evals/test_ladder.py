@@ -77,6 +77,7 @@ def test_two_rungs_form_a_chain(registry, tiny_suite, tmp_path):
     from predictors import PredictorContext, create
     from tasks import load_suite
 
+    assert runner.invoke(app, ["run", "--suite", "tiny", "--split", "sealed", "-p", "uniform"]).exit_code == 0
     shown = runner.invoke(app, ["ladder", str(tmp_path / "t.yaml"), "--table", "--beside", "uniform"])
     assert shown.exit_code == 0, shown.output
     table = load_table(cfg)
@@ -98,6 +99,12 @@ def test_two_rungs_form_a_chain(registry, tiny_suite, tmp_path):
     assert [r["valid_loss"] for r in table["rows"][1:]] == [first["training"]["final_valid_loss"],
                                                             second["training"]["final_valid_loss"]]
     assert table["rows"][1]["approved"] and table["rows"][1]["decided_by"]["threshold"] == 50.0
+    # the --beside rows are published too: released on the same grid as the levels, never the exact sealed numbers
+    from evals.ladder_table import reference_rows
+
+    ref = reference_rows(["uniform"], ["tiny"])[0]["suites"]["tiny"]
+    assert all(abs(v / 0.05 - round(v / 0.05)) < 1e-9 for v in (ref["kl_nats"], *ref["ci"])), ref
+    assert f"| - | uniform | - | - | reference (leaderboard) | {ref['kl_nats']:.2f} [" in shown.output
 
 
 def test_a_failed_rung_stops_the_ladder(registry, tiny_suite, tmp_path):
