@@ -104,7 +104,7 @@ def test_two_rungs_form_a_chain(registry, tiny_suite, tmp_path):
 
     ref = reference_rows(["uniform"], ["tiny"])[0]["suites"]["tiny"]
     assert all(abs(v / 0.05 - round(v / 0.05)) < 1e-9 for v in (ref["kl_nats"], *ref["ci"])), ref
-    assert f"| - | uniform | - | - | reference (leaderboard) | {ref['kl_nats']:.2f} [" in shown.output
+    assert f"| - | uniform (approved) | - | - | reference (leaderboard) | {ref['kl_nats']:.2f} [" in shown.output
 
 
 def test_a_failed_rung_stops_the_ladder(registry, tiny_suite, tmp_path):
