@@ -372,11 +372,12 @@ def run_grid(args: argparse.Namespace, target: Any, rec: dict[str, Any], data: P
     return rows
 
 
-def report_grid(args: argparse.Namespace, rows: list[dict[str, Any]], skipped: list[dict[str, Any]],
+def report_grid(args: argparse.Namespace, rows: list[dict[str, Any]], skipped: list[dict[str, Any]] | None,
                 title: str) -> None:
     print(f"\n## Estimators vs exact P_D(B): {title}\n")
     n_beh = len({(r["distribution"], r["token"]) for r in rows})
-    temps = ", ".join(f"T={t}: {sum(s['temperature'] == t for s in skipped)}" for t in args.temperatures)
+    temps = ("not known from saved rows (they are never run, so never saved)" if skipped is None else ", ".join(
+        f"T={t}: {sum(s['temperature'] == t for s in skipped)}" for t in args.temperatures))
     print(f"{n_beh} behaviours (distribution, token) x seeds {args.seeds} x budgets {args.budgets}; "
           f"(behaviour, temperature) rows with exact P_D(B) = 0, not run: {temps}\n")
     print("| T | budget | estimator | n (nonzero) | mean abs log10 err | median | within 10x | zero share | mean IS "
@@ -433,6 +434,9 @@ def report_grid(args: argparse.Namespace, rows: list[dict[str, Any]], skipped: l
 def report_rows(args: argparse.Namespace) -> None:
     """The grid's tables from rows saved by earlier runs' ``--out`` (e.g. one run per distribution, in parallel):
     the same ``report_grid`` over their union; the budgets, seeds, temperatures and estimators are the rows' own."""
+    missing = [str(f) for f in args.rows if not f.is_file()]
+    if missing:
+        sys.exit(f"--rows: no such file(s) {missing}: give the files written by --out")
     rows = [json.loads(line) for f in args.rows for line in f.read_text().splitlines() if line.strip()]
     if not rows:
         sys.exit(f"no rows in {[str(f) for f in args.rows]}: write them with --out FILE")
@@ -446,7 +450,7 @@ def report_rows(args: argparse.Namespace) -> None:
         print(f"{did}: {len(mine)} rows; tokens " + ", ".join(
             f"{t} {txt!r} ({kind}, T={temp}, P {p:.2e})" for t, txt, kind, temp, p in
             dict.fromkeys((r["token"], r["text"], r["set"], r["temperature"], r["p_exact"]) for r in mine)))
-    report_grid(args, [r for r in rows if r["set"] == "reference"], [], "reference set")
+    report_grid(args, [r for r in rows if r["set"] == "reference"], None, "reference set")
     extra = [r for r in rows if r["set"] == "greedy-extra"]
     if extra:
         report_grid(args, extra, [], "greedy extras (temperature 0, tokens picked by exact P_D(argmax = t))")
