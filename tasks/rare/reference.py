@@ -234,7 +234,7 @@ def build_reference(spec: RareSpec, target: Any, *, on_progress: Progress | None
                          "p_exact": float(m.p0[tok]), "declared": False, "greedy_pick": True})
         for b in behaviours:
             if b.token is None:
-                tick = (lambda n, b=b: on_progress(f"{d.id}: {b.id}", n, d.support_size)) if on_progress else None
+                tick = (lambda n, b=b, d=d: on_progress(f"{d.id}: {b.id}", n, d.support_size)) if on_progress else None
                 exact, per_input, passes = _texts_exact(b, d, target, inputs, tick)
                 info[d.id]["passes"] += passes
                 for temp, p in exact.items():
