@@ -438,6 +438,12 @@ def report_rows(args: argparse.Namespace) -> None:
     if missing:
         sys.exit(f"--rows: no such file(s) {missing}: give the files written by --out")
     rows = [json.loads(line) for f in args.rows for line in f.read_text().splitlines() if line.strip()]
+    key = ("distribution", "token", "temperature", "budget", "seed", "estimator")
+    unique = {tuple(r[k] for k in key): r for r in rows}  # --out appends: a re-run (or a file given twice) counts once
+    if len(unique) < len(rows):
+        print(f"{len(rows) - len(unique)} repeated rows (same distribution, token, temperature, budget, seed and "
+              "estimator) dropped: the last one of each kept")
+    rows = list(unique.values())
     if not rows:
         sys.exit(f"no rows in {[str(f) for f in args.rows]}: write them with --out FILE")
     args.temperatures = sorted({r["temperature"] for r in rows}, reverse=True)

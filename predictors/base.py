@@ -150,13 +150,22 @@ def available() -> list[str]:
 def unknown_message(name: str) -> str:
     """The error for a predictor name that is not registered: the known names, and how to use a trained helper of
     that name (``logitpred helpers train --name NAME`` and the ladder's rungs save helpers, which are not registered
-    predictors of their own)."""
+    predictors of their own). Never raises: a name that cannot be a folder name gets the plain message."""
+    import json
+    import shlex
+
     from tasks.paths import data_dir
 
     msg = f"unknown predictor {name!r}; available: {', '.join(available())}"
-    if (data_dir() / "helpers" / name).is_dir():
-        msg += (f". {name!r} is a trained helper: use it as `-p tiny-helper -O name={name}` (in a composite: "
-                f"'tiny-helper:{{\"name\": \"{name}\"}}')")
+    plain = bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+    try:
+        helper = plain and (data_dir() / "helpers" / name / "logitpred-helper.json").is_file()
+    except (OSError, ValueError):  # e.g. a name longer than the file system allows
+        helper = False
+    if helper:
+        member = shlex.quote("tiny-helper:" + json.dumps({"name": name}))
+        msg += (f". {name!r} is a trained helper: use it as `-p tiny-helper -O name={shlex.quote(name)}` (as a "
+                f"composite's member: {member})")
     return msg
 
 

@@ -264,6 +264,10 @@ def test_require_approved_metadata(registry, tiny_suite, tiny_helper):
     with pytest.raises(ApprovalError, match=r"unknown predictor 'tiny'.* is a trained helper: use it as "
                                             r"`-p tiny-helper -O name=tiny`"):
         require_approved("tiny")
+    for bad in ("x" * 300, "..", "/etc", "helpers"):  # names that are no helper folder: the plain message, no OSError
+        with pytest.raises(ApprovalError, match="unknown predictor") as err:
+            require_approved(bad)
+        assert "trained helper" not in str(err.value)
     # no opt-in where there is none (the gate, approvers): the refusal names only the approval command
     with pytest.raises(ApprovalError) as err:
         require_approved("tiny-helper", opt_in=None)
