@@ -55,6 +55,7 @@ class LadderConfig:
 
 def load_ladder(path: Path) -> LadderConfig:
     """Parse and check a ladder config; every problem raises ``LadderConfigError`` naming the key."""
+    from predictors.model import HELPER_NAME
     from predictors.train_helper import TrainConfig
 
     path = Path(path)
@@ -93,6 +94,9 @@ def load_ladder(path: Path) -> LadderConfig:
     for i, r in enumerate(rungs_raw):
         if not isinstance(r, dict) or not isinstance(r.get("name"), str) or not r["name"]:
             raise LadderConfigError(f"{path}: rungs[{i}] needs a name (e.g. name: 5m)")
+        if not HELPER_NAME.fullmatch(f"{name}-{r['name']}"):  # the rung's helper folder, checked before any training
+            raise LadderConfigError(f"{path}: rungs[{i}].name {r['name'][:40]!r} cannot name the helper folder "
+                                    f"{name}-<rung>: use letters, digits, '.', '_' or '-' (e.g. name: 5m)")
         own = train_part({k: v for k, v in r.items() if k != "name"}, f"rungs[{i}]")
         merged = {**base, **own}
         merged.setdefault("heads", max(1, int(merged.get("hidden", TrainConfig.hidden)) // 32))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -62,7 +63,16 @@ def gemma_path() -> Path:
         raise HelperError(f"could not assemble Gemma 3 270M into {out}: {e}") from e
 
 
+HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
 def trained_helper_dir(name: str = "tiny") -> Path:
+    """The folder of the trained helper ``name`` (``<data dir>/helpers/<name>``). ``HelperError`` unless ``name`` is a
+    plain folder name: 1-100 letters, digits, ``.``, ``_`` or ``-``, starting with a letter or digit (so no ``..``,
+    no ``/``, nothing the file system refuses as too long)."""
+    if not isinstance(name, str) or not HELPER_NAME.fullmatch(name):
+        raise HelperError(f"helper name {str(name)[:60]!r}{'...' if len(str(name)) > 60 else ''} is not a plain name: "
+                          "use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit (e.g. smol-20m)")
     return data_dir() / HELPERS_SUBDIR / name
 
 

@@ -240,14 +240,22 @@ def suite_dir(name: str) -> Path:
     return data_dir() / "suites" / name
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False where the file system refuses the path itself (a name too long: OSError)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def load_suite(name_or_path: str | Path) -> Suite:
     """A built suite, by name (under the data dir) or by folder path. Raises ``SuiteError`` if it is not built, or
     was built by an older format (with the command that rebuilds it)."""
     path = Path(name_or_path)
-    if not (path / "manifest.json").is_file():
+    if not _is_file(path / "manifest.json"):
         path = suite_dir(str(name_or_path))
     manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
+    if not _is_file(manifest_path):
         known = ", ".join(sorted(PRESETS))
         raise SuiteError(
             f"suite {str(name_or_path)!r} is not built: run `logitpred suite build {name_or_path}` (presets: {known})"

@@ -47,8 +47,8 @@ def helpers_train(
         fail(f"--threads must be >= 1 (got {threads})")
     if checkpoint_every < 0:
         fail(f"--checkpoint-every must be >= 0 steps (got {checkpoint_every}; 0 saves no checkpoints)")
-    dest = trained_helper_dir(name)
     try:
+        dest = trained_helper_dir(name)
         with progress() as bar:
             task = bar.add_task(f"training helper {name}", total=steps)
             manifest = train_helper(dest, cfg, target=target, threads=threads, checkpoint_every=checkpoint_every,

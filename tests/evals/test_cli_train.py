@@ -31,10 +31,17 @@ def test_checkpoints_then_resume(data_home):
     assert code == 0, out
 
 
-def test_bad_values_exit_2(data_home):
+def test_bad_values_exit_2(data_home, tiny_suite):
     code, out = invoke(*TINY, "--checkpoint-every", "-1")
     assert code == 2 and "--checkpoint-every must be >= 0" in out
     code, out = invoke(*TINY, "--threads", "0")
     assert code == 2 and "--threads must be >= 1" in out
     code, out = invoke(*TINY, "--name", "cli-none", "--resume")
     assert code == 2 and "nothing to resume" in out
+    # a helper name is a folder name: '..' or '/' would write outside the helpers folder, a long one raised OSError
+    for bad in ("../escaped", "a/b", "x" * 300, ".hidden"):
+        code, out = invoke(*TINY, "--name", bad)
+        assert code == 2 and "is not a plain name" in out, (bad, out)
+    assert not (data_home / "escaped").exists() and not (data_home / "helpers" / "a").exists()
+    code, out = invoke("predict", "--suite", "tiny", "-p", "tiny-helper", "-O", "name=../escaped", "-o", "x.jsonl")
+    assert code == 2 and "is not a plain name" in out

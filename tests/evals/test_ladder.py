@@ -130,6 +130,8 @@ def test_a_failed_rung_stops_the_ladder(registry, tiny_suite, tmp_path):
     ({"colour": 1}, "unknown key"), ({"rungs": [{"name": "a"}]}, "at least two rungs"),
     ({"train": {"width": 3}}, "unknown training setting"), ({"name": "a b"}, "name must be"),
     ({"threads": 0}, "threads must be"),
+    ({"rungs": [{"name": "../a"}, {"name": "b"}]}, "cannot name the helper folder"),
+    ({"rungs": [{"name": "a"}, {"name": "b" * 300}]}, "cannot name the helper folder"),
 ])
 def test_bad_configs_name_the_key(tmp_path, change, match):
     path = tmp_path / "bad.yaml"

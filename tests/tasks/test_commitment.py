@@ -170,3 +170,10 @@ def test_truth_of_an_older_format_is_recomputed_not_refused(own_suite, target):
     suite = load_suite("commit")
     assert suite.compute_truth(target) == suite.commitment
     assert json.loads(path.read_text())["format"] == TRUTH_FORMAT
+
+
+def test_unloadable_suite_names_are_not_built_errors(data_home):
+    # a name the file system refuses (too long) is "not built", like any unknown name: no OSError traceback
+    for name in ("x" * 300, "no-such-suite"):
+        with pytest.raises(SuiteError, match="is not built: run `logitpred suite build"):
+            load_suite(name)
