@@ -155,7 +155,8 @@ def to_markdown(table: dict[str, Any], reference: list[dict[str, Any]] | None = 
             *(_kl(r["suites"].get(s)) for s in suites), _shorten(chosen)]) + " |")
     for ref in reference or []:
         lines.append("| " + " | ".join([
-            "-", ref["predictor"] + (" (approved)" if ref["approved"] else " (unapproved)"), "-", "-", "reference (leaderboard)",
+            "-", ref["predictor"] + (" (approved)" if ref["approved"] else " (unapproved)"), "-", "-",
+            "reference (leaderboard)",
             *(_kl(ref["suites"].get(s)) for s in suites), "-"]) + " |")
     return "\n".join(lines) + "\n"
 

@@ -154,13 +154,13 @@ def unknown_message(name: str) -> str:
     import json
     import shlex
 
-    from tasks.paths import data_dir
+    from .model import HelperError, trained_helper_dir
+    from .train_helper import MANIFEST
 
     msg = f"unknown predictor {name!r}; available: {', '.join(available())}"
-    plain = bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
-    try:
-        helper = plain and (data_dir() / "helpers" / name / "logitpred-helper.json").is_file()
-    except (OSError, ValueError):  # e.g. a name longer than the file system allows
+    try:  # the one rule for helper names (trained_helper_dir): '..', '/', too long are no helper
+        helper = (trained_helper_dir(name) / MANIFEST).is_file()
+    except HelperError:
         helper = False
     if helper:
         member = shlex.quote("tiny-helper:" + json.dumps({"name": name}))
